@@ -1,0 +1,36 @@
+"""pipesynth: pipeline-parallel training schedules, synthesized and checked.
+
+The core (this package) never imports torch: the executor lives in
+`pipesynth.runtime` and depends on the core, never the reverse.
+"""
+
+__version__ = "0.1.0"
+
+from pipesynth.errors import InfeasibleError, InvalidScheduleError, PipesynthError, ScheduleFormatError
+from pipesynth.problem import Problem, make_problem, one_f_one_b_peak, parse_cap, placement_for
+from pipesynth.schedule import Action, Metrics, Schedule
+from pipesynth.schedule_file import load, load_problem, save
+from pipesynth.simulate import Simulation, simulate
+from pipesynth.validate import find_violations, validate
+
+__all__ = [
+    "Action",
+    "InfeasibleError",
+    "InvalidScheduleError",
+    "Metrics",
+    "PipesynthError",
+    "Problem",
+    "Schedule",
+    "ScheduleFormatError",
+    "Simulation",
+    "find_violations",
+    "load",
+    "load_problem",
+    "make_problem",
+    "one_f_one_b_peak",
+    "parse_cap",
+    "placement_for",
+    "save",
+    "simulate",
+    "validate",
+]

@@ -1,0 +1,22 @@
+"""Exceptions with messages meant for users: the CLI prints them in one line."""
+
+
+class PipesynthError(Exception):
+    """Bad input or an impossible request (the CLI exits 2 with the message)."""
+
+
+class ScheduleFormatError(PipesynthError):
+    """A schedule or problem file that does not follow `pipesynth.schedule/1`."""
+
+
+class InvalidScheduleError(PipesynthError):
+    """A well-formed schedule that breaks a rule (missing pass, deadlock, cap...)."""
+
+    def __init__(self, violations: list[str]):
+        self.violations = violations
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        super().__init__(violations[0] + more)
+
+
+class InfeasibleError(PipesynthError):
+    """No schedule satisfies the request (e.g. a memory cap below the minimum)."""

@@ -1,0 +1,233 @@
+"""The planning problem: devices, microbatches, stage placement, costs, memory.
+
+Every per-stage quantity is stored as a tuple with one entry per stage, so the
+rest of the code never has to care whether the user gave a scalar or a list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from pipesynth.errors import PipesynthError
+
+Op = Literal["F", "B", "W"]
+OPS: tuple[Op, ...] = ("F", "B", "W")
+PLACEMENTS = ("linear", "loop", "v")
+
+Number = int | float
+PerStage = Number | Sequence[Number]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One pipeline-training iteration to schedule (DESIGN.md sections 1 and 5).
+
+    `cost_b` is the input-gradient pass when `split_backward` is true and the
+    whole backward otherwise (then `cost_w` is all zeros and no W pass exists).
+    `cap` is a per-device memory cap, or None for no cap.
+    """
+
+    devices: int
+    microbatches: int
+    placement: tuple[int, ...]
+    cost_f: tuple[float, ...]
+    cost_b: tuple[float, ...]
+    cost_w: tuple[float, ...]
+    activation: tuple[float, ...]
+    kept_for_w: tuple[float, ...]
+    split_backward: bool = True
+    comm: float = 0.0
+    cap: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_problem(self)
+
+    @property
+    def stages(self) -> int:
+        return len(self.placement)
+
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        """The passes every (stage, microbatch) runs."""
+        return OPS if self.split_backward else ("F", "B")
+
+    def cost(self, op: Op, stage: int) -> float:
+        return {"F": self.cost_f, "B": self.cost_b, "W": self.cost_w}[op][stage]
+
+    def stages_on(self, device: int) -> list[int]:
+        return [s for s, d in enumerate(self.placement) if d == device]
+
+    def device_activation(self, device: int) -> float:
+        """Activation one microbatch leaves on `device` across all its stages."""
+        return sum(self.activation[s] for s in self.stages_on(device))
+
+    def total_work(self) -> float:
+        per_mb = sum(self.cost_f) + sum(self.cost_b) + sum(self.cost_w)
+        return per_mb * self.microbatches
+
+    def work_lower_bound(self) -> float:
+        """No device can finish before it has run all of its own passes."""
+        return max(
+            self.microbatches
+            * sum(self.cost_f[s] + self.cost_b[s] + self.cost_w[s] for s in self.stages_on(d))
+            for d in range(self.devices)
+        )
+
+    def fused(self) -> Problem:
+        """The same problem with B and W fused into one backward pass."""
+        if not self.split_backward:
+            return self
+        cost_b = tuple(b + w for b, w in zip(self.cost_b, self.cost_w))
+        zeros = tuple(0.0 for _ in self.placement)
+        return replace(self, split_backward=False, cost_b=cost_b, cost_w=zeros)
+
+    def with_cap(self, cap: tuple[float, ...] | None) -> Problem:
+        return replace(self, cap=cap)
+
+
+def placement_for(kind: str, devices: int, chunks: int = 1) -> tuple[int, ...]:
+    """Stage -> device for a named placement (DESIGN.md section 1)."""
+    if devices < 1:
+        raise PipesynthError(f"devices: must be at least 1, got {devices}")
+    if kind == "linear":
+        return tuple(range(devices))
+    if kind == "loop":
+        if chunks < 1:
+            raise PipesynthError(f"chunks: must be at least 1, got {chunks}")
+        return tuple(s % devices for s in range(chunks * devices))
+    if kind == "v":
+        return tuple(s if s < devices else 2 * devices - 1 - s for s in range(2 * devices))
+    raise PipesynthError(f"placement: unknown kind {kind!r}; expected one of {', '.join(PLACEMENTS)}")
+
+
+def per_stage(value: PerStage, stages: int, field: str) -> tuple[float, ...]:
+    """Broadcast a scalar to every stage, or check a list has one entry per stage."""
+    if isinstance(value, bool) or value is None:
+        raise PipesynthError(f"{field}: expected a number or a list of {stages} numbers, got {value!r}")
+    if isinstance(value, int | float):
+        return tuple(float(value) for _ in range(stages))
+    values = list(value)
+    if len(values) != stages:
+        raise PipesynthError(f"{field}: expected {stages} values (one per stage), got {len(values)}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise PipesynthError(f"{field}[{i}]: expected a number, got {v!r}")
+    return tuple(float(v) for v in values)
+
+
+def make_problem(
+    devices: int,
+    microbatches: int,
+    placement: str | Sequence[int] = "linear",
+    *,
+    chunks: int = 1,
+    cost: dict[str, PerStage] | None = None,
+    comm: float = 0.0,
+    activation: PerStage = 1.0,
+    kept_for_w: PerStage | None = None,
+    split_backward: bool = True,
+    cap: Number | Sequence[Number] | None = None,
+) -> Problem:
+    """Build a Problem from friendly arguments: scalars broadcast to every stage.
+
+    `cost` maps F, B, W to a number or a per-stage list (default 1 each). With
+    `split_backward=False` the backward costs B + W, as in DESIGN.md section 5.
+    """
+    stage_devices = (
+        placement_for(placement, devices, chunks) if isinstance(placement, str) else tuple(placement)
+    )
+    stages = len(stage_devices)
+    cost = {"F": 1.0, "B": 1.0, "W": 1.0, **(cost or {})}
+    unknown = set(cost) - set(OPS)
+    if unknown:
+        raise PipesynthError(f"cost: unknown pass {sorted(unknown)[0]!r}; expected F, B or W")
+    act = per_stage(activation, stages, "memory.activation")
+    problem = Problem(
+        devices=devices,
+        microbatches=microbatches,
+        placement=stage_devices,
+        cost_f=per_stage(cost["F"], stages, "cost.F"),
+        cost_b=per_stage(cost["B"], stages, "cost.B"),
+        cost_w=per_stage(cost["W"], stages, "cost.W"),
+        activation=act,
+        kept_for_w=act if kept_for_w is None else per_stage(kept_for_w, stages, "memory.kept_for_w"),
+        comm=float(comm),
+        cap=None if cap is None else per_device_cap(cap, devices),
+    )
+    return problem if split_backward else problem.fused()
+
+
+def per_device_cap(cap: Number | Sequence[Number], devices: int) -> tuple[float, ...]:
+    return per_stage(cap, devices, "memory.cap")
+
+
+def one_f_one_b_peak(problem: Problem) -> tuple[float, ...]:
+    """Per-device peak memory of 1F1B on the same model (the base of relative caps).
+
+    1F1B holds min(m, D) microbatches of a device's whole activation on its
+    first device; DESIGN.md section 2 takes that as the reference for every
+    device, each with its own activation per microbatch.
+    """
+    held = min(problem.microbatches, problem.devices)
+    return tuple(held * problem.device_activation(d) for d in range(problem.devices))
+
+
+def parse_cap(spec: str | Number | Sequence[Number] | None, problem: Problem) -> tuple[float, ...] | None:
+    """A cap given as absolute units ("6", [6, 6, 4, 4]) or relative ("0.5x")."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        try:
+            if text.endswith("x"):
+                factor = float(text[:-1])
+                return tuple(factor * peak for peak in one_f_one_b_peak(problem))
+            return per_device_cap(float(text), problem.devices)
+        except ValueError:
+            raise PipesynthError(
+                f"memory: cannot read {spec!r}; give units (e.g. 6) or a multiple of 1F1B's peak (e.g. 0.5x)"
+            ) from None
+    return per_device_cap(spec, problem.devices)
+
+
+def check_problem(problem: Problem) -> None:
+    """Reject inconsistent problems with a message naming the field at fault."""
+    p = problem
+    if p.devices < 1:
+        raise PipesynthError(f"devices: must be at least 1, got {p.devices}")
+    if p.microbatches < 1:
+        raise PipesynthError(f"microbatches: must be at least 1, got {p.microbatches}")
+    if not p.placement:
+        raise PipesynthError("placement: must list at least one stage")
+    for s, d in enumerate(p.placement):
+        if not 0 <= d < p.devices:
+            raise PipesynthError(f"placement[{s}]: device {d} is out of range 0..{p.devices - 1}")
+    for d in range(p.devices):
+        if d not in p.placement:
+            raise PipesynthError(f"placement: device {d} holds no stage")
+    fields = {
+        "cost.F": p.cost_f,
+        "cost.B": p.cost_b,
+        "cost.W": p.cost_w,
+        "memory.activation": p.activation,
+        "memory.kept_for_w": p.kept_for_w,
+    }
+    for name, values in fields.items():
+        if len(values) != p.stages:
+            raise PipesynthError(f"{name}: expected {p.stages} values (one per stage), got {len(values)}")
+        for s, v in enumerate(values):
+            if v < 0:
+                raise PipesynthError(f"{name}[{s}]: must be non-negative, got {v:g}")
+    for s, (act, kept) in enumerate(zip(p.activation, p.kept_for_w)):
+        if kept > act:
+            raise PipesynthError(f"memory.kept_for_w[{s}]: {kept:g} exceeds the activation {act:g}")
+    if p.comm < 0:
+        raise PipesynthError(f"comm: must be non-negative, got {p.comm:g}")
+    if p.cap is not None:
+        if len(p.cap) != p.devices:
+            raise PipesynthError(f"memory.cap: expected {p.devices} values (one per device), got {len(p.cap)}")
+        for d, c in enumerate(p.cap):
+            if c < 0:
+                raise PipesynthError(f"memory.cap[{d}]: must be non-negative, got {c:g}")

@@ -1,0 +1,1 @@
+"""The torch.distributed executor (installed as `pipesynth.runtime`)."""
