@@ -70,8 +70,7 @@ class Problem:
     def work_lower_bound(self) -> float:
         """No device can finish before it has run all of its own passes."""
         return max(
-            self.microbatches
-            * sum(self.cost_f[s] + self.cost_b[s] + self.cost_w[s] for s in self.stages_on(d))
+            self.microbatches * sum(self.cost_f[s] + self.cost_b[s] + self.cost_w[s] for s in self.stages_on(d))
             for d in range(self.devices)
         )
 
@@ -135,9 +134,7 @@ def make_problem(
     `cost` maps F, B, W to a number or a per-stage list (default 1 each). With
     `split_backward=False` the backward costs B + W, as in DESIGN.md section 5.
     """
-    stage_devices = (
-        placement_for(placement, devices, chunks) if isinstance(placement, str) else tuple(placement)
-    )
+    stage_devices = placement_for(placement, devices, chunks) if isinstance(placement, str) else tuple(placement)
     stages = len(stage_devices)
     cost = {"F": 1.0, "B": 1.0, "W": 1.0, **(cost or {})}
     unknown = set(cost) - set(OPS)

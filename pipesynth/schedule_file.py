@@ -91,8 +91,14 @@ def _get(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...
 
 
 def _kind_name(kinds: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "an object"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "an object",
+    }
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
@@ -170,9 +176,7 @@ def schedule_from_dict(data: Any) -> Schedule:
     problem = problem_from_dict(_get(data, "problem", "", dict))
     raw_actions = _get(data, "actions", "", list)
     if len(raw_actions) != problem.devices:
-        raise ScheduleFormatError(
-            f"actions: expected one list per device ({problem.devices}), got {len(raw_actions)}"
-        )
+        raise ScheduleFormatError(f"actions: expected one list per device ({problem.devices}), got {len(raw_actions)}")
     ops = problem.ops
     actions: list[list[Action]] = []
     for d, dev in enumerate(raw_actions):
@@ -194,8 +198,9 @@ def schedule_from_dict(data: Any) -> Schedule:
                 raise ScheduleFormatError(f"{where}mb: {mb} is out of range 0..{problem.microbatches - 1}")
             start = _get(raw, "start", where, NUMBER, required=False)
             end = _get(raw, "end", where, NUMBER, required=False)
-            row.append(Action(op, stage, mb, None if start is None else float(start),
-                              None if end is None else float(end)))
+            row.append(
+                Action(op, stage, mb, None if start is None else float(start), None if end is None else float(end))
+            )
         actions.append(row)
     metrics = None
     raw_metrics = _get(data, "metrics", "", dict, required=False)

@@ -152,9 +152,7 @@ def simulate(schedule: Schedule) -> Simulation:
                 queue.append(k)
     if done < len(flat):
         stuck = next(i for i, w in enumerate(waiting) if w > 0)
-        raise InvalidScheduleError(
-            [f"deadlock: the device orders wait on each other forever (e.g. at {flat[stuck]})"]
-        )
+        raise InvalidScheduleError([f"deadlock: the device orders wait on each other forever (e.g. at {flat[stuck]})"])
 
     starts, ends, offset = [], [], 0
     for dev in schedule.actions:

@@ -40,9 +40,7 @@ def find_violations(schedule: Schedule) -> list[str]:
             seen[a.key] = (d, pos)
             placed = problem.placement[a.stage]
             if placed != d:
-                violations.append(
-                    f"{where}: {a} runs on device {d} but stage {a.stage} is placed on device {placed}"
-                )
+                violations.append(f"{where}: {a} runs on device {d} but stage {a.stage} is placed on device {placed}")
     for op in problem.ops:
         for s in range(problem.stages):
             for j in range(problem.microbatches):
@@ -79,9 +77,7 @@ def find_deadlock(schedule: Schedule) -> list[str]:
     except nx.NetworkXNoCycle:
         return []
     where = {a.key: (d, pos) for d, dev in enumerate(schedule.actions) for pos, a in enumerate(dev)}
-    return [f"{Action(*u)} at actions[{where[u][0]}][{where[u][1]}]" for u, _v in edges] + [
-        f"{Action(*edges[0][0])}"
-    ]
+    return [f"{Action(*u)} at actions[{where[u][0]}][{where[u][1]}]" for u, _v in edges] + [f"{Action(*edges[0][0])}"]
 
 
 def cap_violations(schedule: Schedule) -> list[str]:

@@ -10,9 +10,7 @@ from pipesynth.schedule import Schedule, from_order
 @register("gpipe", "all forwards, then all backwards (Huang et al. 2019)", "linear", split_backward=False)
 def gpipe(problem: Problem) -> Schedule:
     m = problem.microbatches
-    order = [
-        [("F", d, j) for j in range(m)] + [("B", d, j) for j in range(m)] for d in range(problem.devices)
-    ]
+    order = [[("F", d, j) for j in range(m)] + [("B", d, j) for j in range(m)] for d in range(problem.devices)]
     return from_order(problem, order, "gpipe")
 
 
