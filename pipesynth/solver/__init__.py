@@ -80,6 +80,13 @@ def solve(
     def elapsed() -> float:
         return time.monotonic() - started
 
+    if progress is not None:
+        # Every phase reports time since this call began.
+        outer = progress
+
+        def progress(event: ProgressEvent) -> None:
+            outer(replace(event, elapsed=elapsed()))
+
     check_cap(problem)
     bound = makespan_lower_bound(problem)
     candidates = handcrafted(problem)

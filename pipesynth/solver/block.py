@@ -291,7 +291,7 @@ def search_block(
     # Bisect T between the work bound and the best known interval, with
     # fixed-T feasibility probes ("unknown" counts as no block).
     below, probes = lo - 1, []
-    while known[0] - below > 1 and left() > 0.3 * time_limit:
+    while known[0] - below > 1 and left() > 0.3 * time_limit and not params.stopped:
         T = below + 1 if not probes else (below + known[0]) // 2
         res = solve_block(scaled, (T, T), params, left() / 4, optimize=False, horizon=horizon)
         probes.append((T, res.status))

@@ -61,9 +61,18 @@ class SolverParams:
     seed: int = 0
     deterministic: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    _running: list[cp_model.CpSolver] = field(default_factory=list, repr=False)
+
+    def request_stop(self) -> None:
+        """End the search now (thread-safe): the best schedule so far is kept."""
+        self.stop.set()
+        for solver in list(self._running):
+            solver.stop_search()
 
     def solver(self, time_limit: float) -> cp_model.CpSolver:
+        """A CP-SAT solver with these settings, stoppable by `request_stop`."""
         solver = cp_model.CpSolver()
+        self._running[:] = [solver]
         prm = solver.parameters
         prm.random_seed = self.seed
         prm.catch_sigint_signal = False
@@ -75,6 +84,8 @@ class SolverParams:
         else:
             prm.num_workers = max(1, self.workers)
             prm.max_time_in_seconds = max(0.01, time_limit)
+        if self.stopped:
+            prm.max_time_in_seconds = 0.0
         return solver
 
     @property
