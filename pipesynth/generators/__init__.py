@@ -83,4 +83,4 @@ def generate(name: str, devices: int, microbatches: int, **options) -> Schedule:
 
 
 # Importing the modules registers their generators.
-from pipesynth.generators import linear  # noqa: E402,F401
+from pipesynth.generators import linear, vshape  # noqa: E402,F401
