@@ -13,15 +13,15 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-from pipesynth.blocks import Block, lifespans, unroll
+from pipesynth.blocks import Block, lifespans
 from pipesynth.problem import Problem
 from pipesynth.schedule import Schedule
+from pipesynth.solver.background import Background
 from pipesynth.solver.block import search_block
 from pipesynth.solver.bounds import check_cap, makespan_lower_bound, smallest_feasible_cap
 from pipesynth.solver.full import polish
-from pipesynth.solver.hints import handcrafted
+from pipesynth.solver.hints import generator_jobs, reordered, repeated, sequential
 from pipesynth.solver.progress import Progress, ProgressEvent, SolverParams, report
-from pipesynth.validate import find_violations
 
 __all__ = ["SolveResult", "solve", "ProgressEvent", "SolverParams", "smallest_feasible_cap", "makespan_lower_bound"]
 
@@ -89,20 +89,36 @@ def solve(
 
     check_cap(problem)
     bound = makespan_lower_bound(problem)
-    candidates = handcrafted(problem)
-    for c in candidates:
-        report(progress, "hints", f"{c.name}: makespan {c.metrics.makespan:g}", elapsed())
-    found = None
+    will_polish = problem.microbatches * problem.stages * len(problem.ops) <= polish_passes
+    # Slow builders run in a child while the block search runs here; they get
+    # until `deadline`, the polish (if the model is small enough) the rest.
+    small = problem.microbatches * problem.stages * len(problem.ops) <= 2000
+    deadline = started + (0.5 if small else 0.75 if will_polish else 0.9) * time_limit
+    generators = Background(generator_jobs(problem), inline=params.deterministic)
+    candidates = [sequential(problem)]
+    blocks: list[tuple[Block, str]] = []
     if not params.stopped:
         budget = min(max(0.3 * time_limit, 0.5), 30.0)
         found = search_block(problem, params, budget, progress)
-        for block in (found.block, *found.others):
-            blocked = unroll(block, problem.microbatches, name="block", cap=problem.cap)
-            news = f"T={block.interval:g} unrolled: makespan {blocked.metrics.makespan:g}"
-            report(progress, "block", news, elapsed())
-            if not find_violations(blocked):
-                blocked.provenance["block"] = _block_record(block, found.status if block is found.block else "feasible")
-                candidates.append(blocked)
+        blocks = [(found.block, found.status), *((b, "feasible") for b in found.others)]
+    for block, status in blocks:
+        quick = repeated(block, problem)
+        if quick is not None:
+            quick.provenance["block"] = _block_record(block, status)
+            candidates.append(quick)
+            report(progress, "block", f"T={block.interval:g} repeated: makespan {quick.metrics.makespan:g}", elapsed())
+    reorders = Background([(reordered, (block, problem)) for block, _ in blocks], inline=params.deterministic)
+    for (block, status), schedule in zip(blocks, reorders.collect(deadline)):
+        if schedule is not None:
+            schedule.provenance["block"] = _block_record(block, status)
+            candidates.append(schedule)
+            report(
+                progress, "block", f"T={block.interval:g} reordered: makespan {schedule.metrics.makespan:g}", elapsed()
+            )
+    for schedule in generators.collect(deadline):
+        if schedule is not None:
+            candidates.append(schedule)
+            report(progress, "hints", f"{schedule.name}: makespan {schedule.metrics.makespan:g}", elapsed())
     best = min(candidates, key=lambda s: s.metrics.makespan)
     base, block_record = best.name, best.provenance.get("block")
     report(progress, "hints", f"best start: {base}", elapsed(), makespan=best.metrics.makespan, bound=bound)
