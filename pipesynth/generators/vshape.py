@@ -22,6 +22,7 @@ from pipesynth.blocks import Block, block_violations, live_copies, repeated_orde
 from pipesynth.errors import PipesynthError
 from pipesynth.generators import register
 from pipesynth.problem import Problem
+from pipesynth.reorder import greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
 from pipesynth.simulate import simulate
 
@@ -112,7 +113,7 @@ def v_slots(problem: Problem, name: str) -> dict[tuple[str, int], int]:
     if name == "v-half":
         return slot_offsets(d, v_half_slots)
     if name == "v-zb":
-        return slot_offsets(d, v_min_slots, v_zb_delay(d))
+        return slot_offsets(d, v_half_slots, v_zb_delay(d))
     raise PipesynthError(f"block: unknown V-shape block {name!r}; expected v-min, v-half or v-zb")
 
 
@@ -122,8 +123,8 @@ def v_block(problem: Problem, name: str) -> Block:
 
 
 def v_zb_delay(d: int) -> tuple[int, int]:
-    """W delays that bring V-Min's block up to 1F1B's memory (2D chunk units)."""
-    spare = 2 * d - 2 * math.floor((d + 4) / 3)
+    """W delays that bring V-Half's block up to 1F1B's memory (2D chunk units)."""
+    spare = 2 * d - 2 * math.floor((d + 2) / 2)
     return spare - spare // 2, spare // 2
 
 
@@ -176,3 +177,18 @@ def v_half(problem: Problem) -> Schedule:
 @register("v-zb", "zero-bubble V-shape block at 1F1B's memory (Qi et al. 2024)", "v")
 def v_zb(problem: Problem) -> Schedule:
     return unroll_v(problem, "v-zb")
+
+
+@register("zb-v", "Zero Bubble's V schedule: memory-capped greedy, 1F1B's memory by default (Qi et al. 2023)", "v")
+def zb_v(problem: Problem) -> Schedule:
+    """No block: the greedy list scheduler alone, under `problem.cap` (default 2D chunk units)."""
+    d = check_v(problem, "zb-v")
+    cap = problem.cap or tuple(d * problem.device_activation(i) for i in range(d))
+    stages = problem.stages
+
+    def rank(op: str, s: int, j: int) -> tuple[int, float]:
+        """Oldest microbatch first, then the pass's place along the V (forward down, backward up)."""
+        return j, {"F": s, "B": 2 * stages - 1 - s, "W": 2 * stages - 0.5 - s}[op]
+
+    candidates = greedy_portfolio(problem, cap, rank, (None,), warmup_splits(problem, cap))
+    return shortest(problem, candidates, "zb-v")
