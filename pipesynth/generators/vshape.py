@@ -105,16 +105,19 @@ def steady_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
     return wide
 
 
+BLOCKS = ("v-min", "v-half", "v-zb")
+
+
 def v_slots(problem: Problem, name: str) -> dict[tuple[str, int], int]:
-    """The named paper block's slots (`v-min`, `v-half`, `v-zb`)."""
+    """The named paper block's slots (one of BLOCKS)."""
+    if name not in BLOCKS:
+        raise PipesynthError(f"block: no building block named {name!r}; blocks: {', '.join(BLOCKS)}")
     d = check_v(problem, name)
     if name == "v-min":
         return slot_offsets(d, v_min_slots)
     if name == "v-half":
         return slot_offsets(d, v_half_slots)
-    if name == "v-zb":
-        return slot_offsets(d, v_half_slots, v_zb_delay(d))
-    raise PipesynthError(f"block: unknown V-shape block {name!r}; expected v-min, v-half or v-zb")
+    return slot_offsets(d, v_half_slots, v_zb_delay(d))
 
 
 def v_block(problem: Problem, name: str) -> Block:
