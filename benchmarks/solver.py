@@ -31,7 +31,7 @@ from pipesynth.solver.block import search_block
 from pipesynth.validate import find_violations
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = ROOT / "benchmarks" / "official_v_schedules.json"  # copy of shared/anchors/
+ANCHORS = ROOT / "benchmarks" / "anchors" / "official_v_schedules.json"  # copy of shared/anchors/
 TIME_LIMIT = {4: 30.0, 8: 60.0, 16: 120.0}
 
 
