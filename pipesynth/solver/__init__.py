@@ -92,8 +92,9 @@ def solve(
     will_polish = problem.microbatches * problem.stages * len(problem.ops) <= polish_passes
     # Slow builders run in a child while the block search runs here; they get
     # until `deadline`, the polish (if the model is small enough) the rest.
+    # Small problems wait for every hint (seconds at most), so the result is never worse than any of them.
     small = problem.microbatches * problem.stages * len(problem.ops) <= 2000
-    deadline = started + (0.5 if small else 0.75 if will_polish else 0.9) * time_limit
+    deadline = None if small else started + (0.75 if will_polish else 0.9) * time_limit
     generators = Background(generator_jobs(problem), inline=params.deterministic)
     candidates: dict[str, Schedule] = {"sequential": sequential(problem)}
 

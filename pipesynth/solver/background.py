@@ -78,11 +78,12 @@ class Background:
         except (EOFError, OSError, pickle.UnpicklingError):
             self.inbox.put(None)
 
-    def collect(self, deadline: float) -> list[Any]:
-        """One entry per job: its result, or None if it failed or missed `deadline` (time.monotonic())."""
+    def collect(self, deadline: float | None) -> list[Any]:
+        """One entry per job: its result, or None if it failed or missed `deadline` (time.monotonic(), or None
+        to wait for every job)."""
         while self.child is not None and len(self.results) < len(self.jobs):
-            wait = deadline - time.monotonic()
-            if wait <= 0:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
                 break
             try:
                 item = self.inbox.get(timeout=wait)
