@@ -109,3 +109,11 @@ def test_solved_schedules_are_valid_within_the_cap_and_never_worse_than_the_hint
     assert result.lower_bound <= result.makespan + 1e-9
     assert makespan_lower_bound(problem) <= result.makespan + 1e-9
     assert result.makespan <= min(h.metrics.makespan for h in handcrafted(problem)) + 1e-9
+
+
+def test_a_stopped_search_still_returns_a_valid_schedule_marked_interrupted():
+    params = SolverParams(workers=1)
+    params.request_stop()  # what Ctrl-C does in the CLI
+    result = solve(make_problem(3, 6, "v", cap=4), time_limit=5.0, params=params)
+    assert result.status == "interrupted"
+    assert find_violations(result.schedule) == []
