@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pipesynth.problem import Op, Problem
-from pipesynth.reorder import Variant, compact_order, greedy_portfolio, shortest
+from pipesynth.reorder import Variant, chain_position, compact_order, greedy_portfolio, shortest
 from pipesynth.schedule import Action, Schedule
 from pipesynth.simulate import dependencies, memory_levels
 
@@ -113,9 +113,10 @@ def repeated_order(block: Block, microbatches: int) -> list[list[tuple[Op, int, 
     return [sorted(dev, key=lambda k: rank(*k)) for dev in order]
 
 
-def block_rank(block: Block) -> Callable[[Op, int, int], tuple[float, int]]:
-    """Sort key of a pass in the repeated block: its start, then its stage."""
-    return lambda op, s, j: (block.offsets[(op, s)] + j * block.interval, s)
+def block_rank(block: Block) -> Callable[[Op, int, int], tuple[float, int, float]]:
+    """Sort key of a pass in the repeated block: its start, then microbatch and place in the chain."""
+    p, T = block.problem, block.interval
+    return lambda op, s, j: (block.offsets[(op, s)] + j * T, j, chain_position(p, op, s))
 
 
 def steady_peak(block: Block) -> tuple[float, ...]:

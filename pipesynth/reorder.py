@@ -35,6 +35,18 @@ Rank = Callable[[Op, int, int], tuple]
 PATIENCE = ("", "w", "all")
 
 
+def chain_position(problem: Problem, op: Op, stage: int) -> float:
+    """Where the pass sits in its microbatch's dependency chain: F down the stages, B back up, W after its B.
+
+    Sorting same-time passes by (microbatch, chain position) keeps every
+    dependency first, even when zero costs put them at the same time.
+    """
+    if op == "F":
+        return stage
+    back = 2 * problem.stages - 1 - stage
+    return back if op == "B" else back + 0.5
+
+
 def successors(problem: Problem, op: Op, stage: int, mb: int) -> list[PassKey]:
     """The passes that depend directly on (op, stage, mb)."""
     if op == "F":
@@ -206,7 +218,7 @@ def compact_order(problem: Problem, timed: Sequence[tuple[float, PassKey]], cap:
     memory, over the time it moves across, within `cap`.
     """
     p = problem
-    timed = sorted(timed, key=lambda tk: (tk[0], tk[1][1]))
+    timed = sorted(timed, key=lambda tk: (tk[0], tk[1][2], chain_position(p, tk[1][0], tk[1][1])))
     events: list[list[tuple[float, float]]] = [[] for _ in range(p.devices)]  # (start, memory delta)
     for t, (op, s, _j) in timed:
         events[p.placement[s]].append((t, memory_delta(p, op, s)))
@@ -229,7 +241,7 @@ def compact_order(problem: Problem, timed: Sequence[tuple[float, PassKey]], cap:
             events[d].remove((t, delta))
             bisect.insort(events[d], (g, delta))
     order: Order = [[] for _ in range(p.devices)]
-    for k, _span in sorted(final.items(), key=lambda kv: (kv[1][0], kv[0][1])):
+    for k, _span in sorted(final.items(), key=lambda kv: (kv[1][0], kv[0][2], chain_position(p, kv[0][0], kv[0][1]))):
         order[p.placement[k[1]]].append(k)
     return order
 

@@ -21,8 +21,8 @@ from dataclasses import replace
 from pipesynth.blocks import Block, block_violations, live_copies, repeated_order, steady_peak, unroll
 from pipesynth.errors import PipesynthError
 from pipesynth.generators import register
-from pipesynth.problem import Problem
-from pipesynth.reorder import Variant, greedy_portfolio, shortest
+from pipesynth.problem import Op, Problem
+from pipesynth.reorder import Variant, chain_position, greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
 from pipesynth.simulate import simulate
 
@@ -187,11 +187,10 @@ def zb_v(problem: Problem) -> Schedule:
     """No block: the greedy list scheduler alone, under `problem.cap` (default 2D chunk units)."""
     d = check_v(problem, "zb-v")
     cap = problem.cap or tuple(d * problem.device_activation(i) for i in range(d))
-    stages = problem.stages
 
-    def rank(op: str, s: int, j: int) -> tuple[int, float]:
+    def rank(op: Op, s: int, j: int) -> tuple[int, float]:
         """Oldest microbatch first, then the pass's place along the V (forward down, backward up)."""
-        return j, {"F": s, "B": 2 * stages - 1 - s, "W": 2 * stages - 0.5 - s}[op]
+        return j, chain_position(problem, op, s)
 
     warmups = (None, *warmup_splits(problem, cap))
     return shortest(problem, greedy_portfolio(problem, cap, rank, ZB_V_VARIANTS, (None,), warmups), "zb-v")
