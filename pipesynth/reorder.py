@@ -272,18 +272,26 @@ def first_gap(busy: list[tuple[float, float]], lo: float, need: float, limit: fl
     return min(g, limit)
 
 
-def shortest(problem: Problem, candidates: Iterable[tuple[str, Order]], name: str, **provenance) -> Schedule:
+def shortest(
+    problem: Problem,
+    candidates: Iterable[tuple[str, Order]],
+    name: str,
+    cap: Sequence[float] | None = None,
+    **provenance,
+) -> Schedule:
     """Time every candidate order; the one with the smallest makespan (the first on ties).
 
-    Orders that break `problem.cap` are passed over.
+    Orders whose peak breaks `cap` (default `problem.cap`) are passed over.
     """
+    limit = problem.cap if cap is None else cap
     best: Schedule | None = None
     for label, order in candidates:
         s = from_order(problem, order, name, reorder=label, **provenance)
-        if problem.cap is not None and any(pk > c + EPS for pk, c in zip(s.metrics.peak_memory, problem.cap)):
+        if limit is not None and any(pk > c + EPS for pk, c in zip(s.metrics.peak_memory, limit)):
             continue
         if best is None or s.metrics.makespan < best.metrics.makespan - EPS:
             best = s
     if best is None:
-        raise InfeasibleError(f"{name}: no order fits the memory cap")
+        caps = "/".join(f"{c:g}" for c in limit) if limit is not None else "none"
+        raise InfeasibleError(f"{name}: no order fits the memory cap ({caps} per device)")
     return best
