@@ -15,6 +15,7 @@ stable-phase bubble when W + 2B >= 2F and W + 2F >= 2B, V-Min has some).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -25,6 +26,7 @@ from pipesynth.problem import Op, Problem
 from pipesynth.reorder import Variant, chain_position, greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
 from pipesynth.simulate import simulate
+from pipesynth.zbv import zbv_orders
 
 SLOTS = 6  # passes per device per microbatch: F, B, W of two chunks
 
@@ -184,7 +186,9 @@ def v_zb(problem: Problem) -> Schedule:
 
 @register("zb-v", "Zero Bubble's V schedule: memory-capped greedy, 1F1B's memory by default (Qi et al. 2023)", "v")
 def zb_v(problem: Problem) -> Schedule:
-    """No block: the greedy list scheduler alone, under `problem.cap` (default 2D chunk units)."""
+    """No block: the Zero Bubble paper's round-by-round heuristic (pipesynth.zbv) and our
+    memory-capped greedy list schedules, under `problem.cap` (default 2D chunk units); the shortest wins.
+    """
     d = check_v(problem, "zb-v")
     cap = problem.cap or tuple(d * problem.device_activation(i) for i in range(d))
 
@@ -193,7 +197,8 @@ def zb_v(problem: Problem) -> Schedule:
         return j, chain_position(problem, op, s)
 
     warmups = (None, *warmup_splits(problem, cap))
-    return shortest(problem, greedy_portfolio(problem, cap, rank, ZB_V_VARIANTS, (None,), warmups), "zb-v")
+    greedy = greedy_portfolio(problem, cap, rank, ZB_V_VARIANTS, (None,), warmups)
+    return shortest(problem, itertools.chain(zbv_orders(problem, cap), greedy), "zb-v", cap=cap)
 
 
 #: The greedy settings zb-v tries (warmup#k: the k-th of `warmup_splits`), chosen as for
