@@ -25,7 +25,6 @@ from pipesynth.generators import register
 from pipesynth.problem import Op, Problem
 from pipesynth.reorder import Variant, chain_position, greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
-from pipesynth.simulate import simulate
 from pipesynth.zbv import zbv_orders
 
 SLOTS = 6  # passes per device per microbatch: F, B, W of two chunks
@@ -90,8 +89,8 @@ def steady_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
     wide = Block(problem, SLOTS * unit, {k: v * unit for k, v in slot.items()})
     copies = max(live_copies(wide))
     m = 4 * copies + 8
-    sim = simulate(from_order(replace(problem, microbatches=m), repeated_order(wide, m), "steady"))
-    start = {a.key: t for dev, ts in zip(sim.schedule.actions, sim.start) for a, t in zip(dev, ts)}
+    timed = from_order(replace(problem, microbatches=m), repeated_order(wide, m), "steady")
+    start = {a.key: a.start for a in timed.all_actions()}
     k = m // 2
     interval = start[("F", 0, k + 1)] - start[("F", 0, k)]
     base = start[("F", 0, k)]
@@ -184,7 +183,7 @@ def v_zb(problem: Problem) -> Schedule:
     return unroll_v(problem, "v-zb")
 
 
-@register("zb-v", "Zero Bubble's V schedule: memory-capped greedy, 1F1B's memory by default (Qi et al. 2023)", "v")
+@register("zb-v", "Zero Bubble's V schedule: rounds heuristic or capped greedy, 1F1B's memory by default", "v")
 def zb_v(problem: Problem) -> Schedule:
     """No block: the Zero Bubble paper's round-by-round heuristic (pipesynth.zbv) and our
     memory-capped greedy list schedules, under `problem.cap` (default 2D chunk units); the shortest wins.
