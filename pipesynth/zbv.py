@@ -96,8 +96,7 @@ class _Builder:
         t = self.arrival(op, c, i)
         if t is None:
             return
-        w_cost = lambda: self.p.cost("W", self.stage[i][self.pending[i][0]])  # noqa: E731
-        while self.pending[i] and t >= self.now[i] + w_cost() - EPS:
+        while self.pending[i] and t >= self.now[i] + self.p.cost("W", self.stage[i][self.pending[i][0]]) - EPS:
             self.put_w(i)
         if extra_w and self.pending[i] and t - self.now[i] > self.worst_idle(i) - self.idle[i]:
             self.put_w(i)
@@ -120,15 +119,17 @@ class _Builder:
             self.put("F", 1, i)
         chunk = 0
         for i in range(1, d):
-            total = lambda k: self.count[("F", 0, k)] + self.count[("F", 1, k)]  # noqa: E731
             for _ in range(4 * m):
-                behind = total(i) < total(i - 1)
+                behind = self.forwards(i) < self.forwards(i - 1)
                 if not (behind or self.count[("F", 1, i)] <= self.count[("F", 1, i - 1)] < m):
                     break
                 for k in range(d - 1, i - 1, -1):
                     if self.count[("F", chunk, k)] < m and self.arrival("F", chunk, k) is not None:
                         self.put("F", chunk, k)
                 chunk = 1 - chunk
+
+    def forwards(self, i: int) -> int:
+        return self.count[("F", 0, i)] + self.count[("F", 1, i)]
 
     def b_round(self, fill_b: bool) -> None:
         down, up = [], []  # devices doing a chunk-0 B (gradient flows up the devices) / a chunk-1 B
