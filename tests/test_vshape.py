@@ -56,7 +56,6 @@ def test_bubble_at_16_devices_64_microbatches_is_no_worse_than_the_papers(name, 
 KNOWN_GAPS = {
     "v-half-p4-cost10-12-7",
     "v-half-p8-cost10-12-7",
-    "v-half-p4-cost1852-1809-934",
     "v-half-p8-cost1852-1809-934",
 }
 
