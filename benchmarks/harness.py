@@ -1,0 +1,89 @@
+"""What the runtime benchmarks share: spawning ranks, timing a step across ranks, P2P latency, results files.
+
+Step time is measured across ranks: every rank leaves a barrier, notes its
+start, runs the step and notes its end, all on the system-wide monotonic
+clock (`time.perf_counter` is CLOCK_MONOTONIC on Linux); the step took
+max(end) - min(start). The barrier itself is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def spawn(worker: Callable[..., Any], world: int, *args: Any) -> Any:
+    """Run `worker(rank, world, *args)` on `world` gloo ranks; return what rank 0 returned."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        mp.spawn(_entry, args=(world, f"file://{tmp}/init", str(out), worker, args), nprocs=world)
+        return json.loads(out.read_text())
+
+
+def _entry(rank: int, world: int, init: str, out: str, worker: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        result = worker(rank, world, *args)
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def timed_step(step: Callable[[], Any]) -> float:
+    """Seconds from the first rank starting `step` to the last rank finishing it (same value on every rank)."""
+    dist.barrier()
+    start = time.perf_counter()
+    step()
+    end = time.perf_counter()
+    spans: list[tuple[float, float]] = [(0.0, 0.0)] * dist.get_world_size()
+    dist.all_gather_object(spans, (start, end))
+    return max(e for _, e in spans) - min(s for s, _ in spans)
+
+
+def p2p_latency(iters: int = 200) -> float:
+    """One-way latency (s) of a tiny tensor between ranks 0 and 1: median half round trip."""
+    rank = dist.get_rank()
+    buf = torch.zeros(4)
+    trips = []
+    for _ in range(iters):
+        if rank == 0:
+            t0 = time.perf_counter()
+            dist.send(buf, 1)
+            dist.recv(buf, 1)
+            trips.append(time.perf_counter() - t0)
+        elif rank == 1:
+            dist.recv(buf, 0)
+            dist.send(buf, 0)
+    latency = [statistics.median(trips) / 2 if rank == 0 else 0.0]
+    dist.broadcast_object_list(latency, src=0)
+    return latency[0]
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+
+
+def write_results(name: str, header: list[str], table: list[str], summary: list[str]) -> Path:
+    """benchmarks/results/<name>.md: the exact command, the set-up, the table, the summary."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    lines = [f"Command: `{command_line()}`", "", *header, "", *table, "", *summary, ""]
+    path.write_text("\n".join(lines))
+    return path

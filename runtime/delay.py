@@ -1,0 +1,76 @@
+"""A delay workload: pipeline stages whose F, B and W take set times by sleeping.
+
+Sleep uses no CPU, so 4 to 8 ranks on a 2-core machine behave like 4 to 8
+accelerators (DESIGN.md section 8): what is left is the executor's own
+overhead (Python, P2P, scheduling), which is what the benchmarks measure.
+Tensors are tiny.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from pipesynth.problem import Problem
+
+
+class _Sleep(torch.autograd.Function):
+    """Identity whose forward sleeps `forward_s` seconds and whose backward sleeps `backward_s`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, forward_s: float, backward_s: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.backward_s = backward_s
+        if forward_s > 0:
+            time.sleep(forward_s)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        if ctx.backward_s > 0:
+            time.sleep(ctx.backward_s)
+        return grad, None, None
+
+
+class DelayStage(nn.Module):
+    """One stage: forward sleeps `f`, input-gradient backward `b`, weight-gradient backward `w` (seconds).
+
+    `out = sleep_fb(x + sleep_w(weight))`: the gradient reaching the input
+    crosses only the first sleep node (B), the one reaching the weight only the
+    second (W). An executor that splits the backward along the autograd graph
+    (ours, or torch's stage_backward_input / stage_backward_weight) therefore
+    sleeps `b` in B and `w` in W; a fused backward sleeps `b + w`.
+    """
+
+    def __init__(self, f: float, b: float, w: float, width: int = 4):
+        super().__init__()
+        self.f, self.b, self.w = f, b, w
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = _Sleep.apply(self.weight, 0.0, self.w)
+        return _Sleep.apply(x + weight, self.f, self.b)
+
+    def extra_repr(self) -> str:
+        return f"f={self.f:g}s, b={self.b:g}s, w={self.w:g}s"
+
+
+def delay_stages(
+    problem: Problem, unit_s: float, stages: list[int] | None = None, width: int = 4
+) -> dict[int, DelayStage]:
+    """Delay modules for `stages` (default all) with the problem's costs times `unit_s` seconds.
+
+    For a fused problem (`split_backward: false`), `cost_b` already holds
+    B + W; the module sleeps it all in the backward's input-gradient node.
+    """
+    chosen = range(problem.stages) if stages is None else stages
+    return {
+        s: DelayStage(problem.cost_f[s] * unit_s, problem.cost_b[s] * unit_s, problem.cost_w[s] * unit_s, width)
+        for s in chosen
+    }
+
+
+def delay_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error: the loss of the delay workload (its value does not matter)."""
+    return ((output - target) ** 2).mean()
