@@ -8,6 +8,7 @@ max(end) - min(start). The barrier itself is not counted.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,57 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipesynth.generators import GENERATORS, generate
+from pipesynth.schedule import Schedule
+
 RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class DelayConfig:
+    """The delay workload: D ranks, m microbatches, pass costs in units of `unit_s` seconds."""
+
+    devices: int = 4
+    microbatches: int = 8
+    unit_s: float = 0.01
+    cost: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    steps: int = 5
+    warmup: int = 2
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--devices", type=int, default=4, help="Ranks (one device each).")
+        parser.add_argument("--microbatches", type=int, default=8)
+        parser.add_argument("--unit-ms", type=float, default=10.0, help="Milliseconds per cost unit.")
+        parser.add_argument("--cost", default="1,1,1", help="F,B,W costs in units (e.g. 1,2,1).")
+        parser.add_argument("--steps", type=int, default=5, help="Measured steps per schedule (median taken).")
+        parser.add_argument("--warmup", type=int, default=2, help="Unmeasured steps first.")
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> DelayConfig:
+        f, b, w = (float(x) for x in args.cost.split(","))
+        return cls(args.devices, args.microbatches, args.unit_ms / 1e3, (f, b, w), args.steps, args.warmup)
+
+    def describe(self) -> list[str]:
+        f, b, w = self.cost
+        return [
+            f"Delay workload: {self.devices} ranks (gloo, CPU), {self.microbatches} microbatches, "
+            f"F/B/W = {f:g}/{b:g}/{w:g} units of {self.unit_s * 1e3:g} ms (sleep), tiny tensors; "
+            f"median of {self.steps} steps after {self.warmup} warm-up steps.",
+            f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}.",
+        ]
+
+
+def build_schedule(name: str, config: DelayConfig, comm: float = 0.0) -> Schedule:
+    """Generator `name` on the delay workload's problem (two chunks per device for looped placements)."""
+    f, b, w = config.cost
+    chunks = 2 if GENERATORS[name].placement == "loop" else 1
+    return generate(name, config.devices, config.microbatches, chunks=chunks, cost={"F": f, "B": b, "W": w}, comm=comm)
+
+
+def delay_batch(config: DelayConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per microbatch, four features: the delay stages' tiny input and target."""
+    return torch.zeros(config.microbatches, 4), torch.ones(config.microbatches, 4)
 
 
 def spawn(worker: Callable[..., Any], world: int, *args: Any) -> Any:
@@ -87,3 +139,14 @@ def write_results(name: str, header: list[str], table: list[str], summary: list[
     lines = [f"Command: `{command_line()}`", "", *header, "", *table, "", *summary, ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def our_step(
+    schedule: Schedule, modules: dict[int, torch.nn.Module], batch: torch.Tensor, targets: torch.Tensor
+) -> Callable[[], Any]:
+    """A no-argument callable running one step of our executor on this rank's `modules`."""
+    from pipesynth.runtime import PipelineExecutor
+    from pipesynth.runtime.delay import delay_loss
+
+    executor = PipelineExecutor(schedule, modules, delay_loss)
+    return lambda: executor.step(batch, targets)
