@@ -118,3 +118,22 @@ def test_torch_runtime_on_exported_csv_matches_our_executor(runs, name, chunks):
             torch.testing.assert_close(torch_grad, ref_grads[key], rtol=1e-10, atol=1e-13, msg=f"{name} {key}")
             seen.add(key)
     assert seen == set(ref_grads)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_torch_reads_and_lowers_every_exported_schedule(name):
+    """torch's own parser, validator and send/recv lowering accept the CSV, and see our placement."""
+    from torch.distributed.pipelining.schedules import _Action, _add_send_recv, _validate_schedule
+
+    from pipesynth.torch_csv import to_torch_csv
+
+    chunks = 2 if GENERATORS[name].placement == "loop" else 1
+    schedule = generate(name, 4, 8, chunks=chunks)
+    rows = [[_Action.from_str(cell) for cell in line.split(",")] for line in to_torch_csv(schedule).splitlines()]
+    actions = dict(enumerate(rows))
+    stage_to_rank = _validate_schedule(actions, 4, schedule.problem.stages, 8)
+    assert [stage_to_rank[s] for s in range(schedule.problem.stages)] == list(schedule.problem.placement)
+    lowered = _add_send_recv(
+        {r: list(row) for r, row in actions.items()}, lambda s: stage_to_rank[s], schedule.problem.stages
+    )
+    assert [[a for a in row if a.is_compute_op] for _, row in sorted(lowered.items())] == rows
