@@ -51,4 +51,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on `app`.
-from pipesynth.cli import files  # noqa: E402,F401
+from pipesynth.cli import files, train  # noqa: E402,F401
