@@ -9,6 +9,7 @@ imported only when a picture is asked for).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,13 +75,30 @@ def _shade(table: dict[str, tuple], op: str, chunk: int):
     return shades[min(chunk, len(shades) - 1)]
 
 
+def _shortest(rows: Sequence[Sequence[Bar]]) -> float:
+    return min((b.end - b.start for row in rows for b in row if b.end > b.start), default=1.0)
+
+
 def natural_width(rows: Sequence[Sequence[Bar]], limit: int = 160) -> int:
     """Columns giving the shortest pass two characters, at most `limit`."""
     t0, t1 = _span(rows)
-    durations = [b.end - b.start for row in rows for b in row if b.end > b.start]
-    if not durations or t1 <= t0:
+    if t1 <= t0:
         return 1
-    return max(1, min(limit, round(2 * (t1 - t0) / min(durations))))
+    return max(1, min(limit, math.ceil(2 * (t1 - t0) / _shortest(rows))))
+
+
+def time_per_column(rows: Sequence[Sequence[Bar]], width: int) -> float:
+    """The finest scale fitting `width` columns that keeps boxes aligned.
+
+    Scales are the shortest pass's duration divided by 2 or 1, or times a
+    whole number, so passes of common costs span whole columns.
+    """
+    t0, t1 = _span(rows)
+    needed = (t1 - t0) / width
+    q = _shortest(rows)
+    if needed <= q / 2:
+        return q / 2
+    return q * math.ceil(needed / q - 1e-9)
 
 
 def _box_label(bar: Bar, width: int, color: bool) -> str:
@@ -100,8 +118,8 @@ def gantt_text(
 ) -> str:
     """A terminal Gantt chart: a line per device, each box labelled with its pass and microbatch.
 
-    `width` is the number of columns for the time axis (default: the shortest
-    pass gets two, up to 160). Labels read `F3` (forward of microbatch 3);
+    `width` caps the columns of the time axis (default: the shortest pass
+    gets two, up to 160); see `time_per_column` for the scale. Labels read `F3` (forward of microbatch 3);
     later chunks use lower case (`f3`). With `color`, boxes get ANSI
     background colors like the image's.
     """
@@ -112,7 +130,8 @@ def gantt_text(
     if width < 1:
         raise PipesynthError(f"width: must be at least 1 column, got {width}")
     t0, t1 = _span(rows)
-    scale = (t1 - t0) / width if t1 > t0 else 1.0
+    scale = time_per_column(rows, width) if t1 > t0 else 1.0
+    width = max(1, math.ceil((t1 - t0) / scale - 1e-9))
     pad = max((len(label) for label in labels), default=0)
     lines = []
     for label, row in zip(labels, rows):

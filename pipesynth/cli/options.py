@@ -28,3 +28,12 @@ def parse_cost(text: str | None) -> dict[str, PerStage]:
             raise PipesynthError(f"--cost: cannot read {item!r}; expected e.g. F=3,B=4,W=2")
         cost[op] = parse_numbers(value.strip(), f"--cost {op}")
     return cost
+
+
+def parse_cap_option(text: str | None) -> str | PerStage | None:
+    """`--cap`: `6`, one per device `6:6:4:4`, or relative to 1F1B's peak `0.5x`."""
+    if text is None:
+        return None
+    if text.strip().lower().endswith("x"):
+        return text
+    return parse_numbers(text, "--cap")
