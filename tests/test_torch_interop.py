@@ -25,7 +25,7 @@ MICROBATCHES = 4
 WIDTH = 5
 # (generator, chunks): fused 1F1B, split-backward ZB-H1, a V-shape (two stages per rank, one pair adjacent),
 # and interleaved 1F1B (looped placement).
-CASES = [("1f1b", 1), ("zb-h1", 1), ("zb-v", 1), ("v-half", 1), ("interleaved-1f1b", 2)]
+CASES = [("1f1b", 1), ("zb-h1", 1), ("v-half", 1), ("v-zb", 1), ("zb-v", 1), ("interleaved-1f1b", 2)]
 
 
 def model(stages: int) -> list[nn.Module]:
