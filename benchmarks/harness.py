@@ -116,17 +116,19 @@ def timed_step(step: Callable[[], Any]) -> float:
     return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
-def p2p_latency(iters: int = 200) -> float:
-    """One-way latency (s) of a tiny tensor between ranks 0 and 1: median half round trip."""
+def p2p_latency(iters: int = 200, warmup: int = 20) -> float:
+    """One-way latency (s) of a tiny tensor between ranks 0 and 1: median half round trip, after warm-up."""
     rank = dist.get_rank()
     buf = torch.zeros(4)
     trips = []
-    for _ in range(iters):
+    dist.barrier()
+    for i in range(warmup + iters):
         if rank == 0:
             t0 = time.perf_counter()
             dist.send(buf, 1)
             dist.recv(buf, 1)
-            trips.append(time.perf_counter() - t0)
+            if i >= warmup:
+                trips.append(time.perf_counter() - t0)
         elif rank == 1:
             dist.recv(buf, 0)
             dist.send(buf, 0)
@@ -136,7 +138,8 @@ def p2p_latency(iters: int = 200) -> float:
 
 
 def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    """How this benchmark was run (they run as modules from the repository root)."""
+    return f"python -m benchmarks.{Path(sys.argv[0]).stem} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def write_results(name: str, header: list[str], table: list[str], summary: list[str]) -> Path:
