@@ -29,6 +29,7 @@ from pipesynth.generators import GENERATORS, generate
 from pipesynth.schedule import Schedule
 
 RESULTS = Path(__file__).parent / "results"
+START_LOAD = os.getloadavg()[0]  # the machine's load when the benchmark started (its ranks not yet running)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,11 @@ def write_results(name: str, header: list[str], table: list[str], summary: list[
     """benchmarks/results/<name>.md: the exact command, the set-up, the table, the summary."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
-    lines = [f"Command: `{command_line()}`", "", *header, "", *table, "", *summary, ""]
+    load = (
+        f"Load average (1 min): {START_LOAD:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        "(other work on the machine delays the ranks' wake-ups)."
+    )
+    lines = [f"Command: `{command_line()}`", "", *header, load, "", *table, "", *summary, ""]
     path.write_text("\n".join(lines))
     return path
 
