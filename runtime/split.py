@@ -174,7 +174,13 @@ class SplitEmbedding(nn.Embedding):
         return _EmbeddingFn.apply(idx, self.weight, self)
 
 
+def defers_weights(node: object) -> bool:
+    """Whether an autograd node belongs to a split layer (which queues its weight gradients in B)."""
+    return getattr(node, "_forward_cls", None) in (_LinearFn, _LayerNormFn, _EmbeddingFn)
+
+
 _SPLIT_CLASSES: dict[type, type] = {nn.Linear: SplitLinear, nn.LayerNorm: SplitLayerNorm, nn.Embedding: SplitEmbedding}
+SPLIT_LAYERS = tuple(_SPLIT_CLASSES.values())
 
 
 def make_splittable(module: nn.Module) -> nn.Module:

@@ -84,7 +84,7 @@ def test_a_failing_rank_stops_every_rank():
 
 
 def test_a_nan_loss_is_an_error():
-    with pytest.raises(LaunchError, match=r"NonFiniteLossError: rank 1: the loss is nan"):
+    with pytest.raises(LaunchError, match=r"rank 1 failed: NonFiniteLossError: rank 1: the loss is nan"):
         launch(faulty_run, 2, dumps(generate("zb-h1", 2, 2)), "nan", timeout=10)
 
 
