@@ -20,7 +20,7 @@ import datetime
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -32,9 +32,16 @@ from pipesynth.errors import PipesynthError
 from pipesynth.runtime.graph_split import WeightPlan, backward_input, backward_weight, plan_weight_backward
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.plan import CommOp, Message, messages, rank_ops
-from pipesynth.runtime.split import SPLIT_LAYERS, WeightGradTask, deferring, defers_weights, make_splittable
+from pipesynth.runtime.split import (
+    SPLIT_LAYERS,
+    WEIGHTS_IN_B,
+    WeightGradTask,
+    deferring,
+    defers_weights,
+    make_splittable,
+)
 from pipesynth.schedule import Action, Schedule
-from pipesynth.simulate import PassKey, memory_levels
+from pipesynth.simulate import PassKey
 from pipesynth.validate import validate
 
 
@@ -122,14 +129,16 @@ class PipelineExecutor:
         self.nccl = dist.get_backend(group) == "nccl"
         self.meter = ActivationMeter() if track_memory else None
         self._check(dist.get_world_size(group))
-        # Stages with parameters outside split layers split their backward along the graph.
+        # Stages with parameters outside the split layers (and LayerNorms, whose weight gradient
+        # B computes) split their backward along the autograd graph; it then covers LayerNorms too.
         self._graph_split: dict[int, list[torch.Tensor]] = {}
         if self.problem.split_backward:
             for s, module in self.modules.items():
                 make_splittable(module)
-                owned = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
-                params = [p for p in module.parameters() if p.requires_grad]
-                if any(id(p) not in owned for p in params):
+                split = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
+                in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
+                params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
+                if any(id(p) not in in_b for p in params):
                     self._graph_split[s] = params
         self.actions: list[Action] = schedule.actions[self.rank]
         self.last_stage = self.problem.stages - 1
@@ -409,16 +418,26 @@ class PipelineExecutor:
         return dict(self._stage_bytes)
 
     def predicted_peak_bytes(self) -> float:
-        """The schedule's peak for this rank: the simulator's memory walk with profiled bytes per stage."""
+        """The schedule's peak for this rank: DESIGN.md's memory walk of its list with profiled bytes.
+
+        F adds the stage's activation; B releases activation - kept (fused:
+        all of it); W releases kept. Profiled kept can exceed the activation
+        (W holds output gradients that B creates), so B may add memory: the
+        walk allows it, where a Problem would not.
+        """
         if not self._stage_bytes:
             raise PipelineError(f"rank {self.rank}: run a step with track_memory=True before predicting memory")
-        act = [0.0] * self.problem.stages
-        kept = [0.0] * self.problem.stages
-        for s, (a, k) in self._stage_bytes.items():
-            act[s] = float(a)
-            kept[s] = float(min(max(k, 0), a))
-        problem = replace(self.problem, activation=tuple(act), kept_for_w=tuple(kept), cap=None)
-        return max([0.0, *memory_levels(problem, self.actions)])
+        level = peak = 0
+        for a in self.actions:
+            act, kept = self._stage_bytes[a.stage]
+            if a.op == "F":
+                level += act
+            elif a.op == "B":
+                level += kept - act if self.problem.split_backward else -act
+            else:
+                level -= kept
+            peak = max(peak, level)
+        return float(peak)
 
 
 def _device_of(modules: dict[int, nn.Module]) -> torch.device:
