@@ -142,3 +142,14 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
             return str(err)
         raise
     return None
+
+
+def memory_run(rank, world, device, texts, cfg):
+    """One training step of the tiny GPT per schedule: (measured, predicted) peak bytes of this rank."""
+    from pipesynth.runtime.train import train_rank
+
+    out = []
+    for text in texts:
+        report = train_rank(rank, world, device, text, cfg)
+        out.append((report["measured_peak_bytes"], report["predicted_peak_bytes"]))
+    return out
