@@ -95,6 +95,9 @@ def launch(
     parent must not have trained anything yet) and spawn otherwise (CUDA
     cannot fork).
     """
+    if backend_for(device) == "nccl" and torch.cuda.device_count() < world_size:
+        gpus = torch.cuda.device_count()
+        raise LaunchError(f"{world_size} ranks on NCCL need {world_size} GPUs; this machine has {gpus}")
     if start_method is None:
         start_method = "fork" if sys.platform == "linux" and backend_for(device) == "gloo" else "spawn"
     with tempfile.TemporaryDirectory(prefix="pipesynth-launch-") as out:
