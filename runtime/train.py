@@ -42,7 +42,7 @@ class TrainConfig:
     progress: bool = False
 
 
-def _rank_main(rank: int, world: int, device: torch.device, schedule_text: str, cfg: TrainConfig) -> dict:
+def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, cfg: TrainConfig) -> dict:
     """One rank's training loop; returns its losses (last stage), times and memory figures.
 
     With one rank it trains the whole model unpipelined on the schedule's
@@ -121,7 +121,7 @@ def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None)
         raise PipesynthError(
             f"ranks: the schedule runs on {schedule.problem.devices} ranks; give that or 1 (the unpipelined reference)"
         )
-    per_rank = launch(_rank_main, ranks, dumps(schedule), cfg, device=cfg.device, timeout=cfg.timeout)
+    per_rank = launch(train_rank, ranks, dumps(schedule), cfg, device=cfg.device, timeout=cfg.timeout)
     losses = next(r["losses"] for r in per_rank if "losses" in r)
     for r in per_rank:
         r.pop("losses", None)

@@ -10,12 +10,33 @@ from pipesynth.runtime.models import split_layers
 from pipesynth.schedule_file import loads
 
 
+class Scale(nn.Module):
+    """Raw parameters outside the split layers: exercises the graph split (or, shared, its fused fallback)."""
+
+    def __init__(self, width: int, shared: bool) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(width) * 0.1)
+        self.b = nn.Parameter(torch.randn(width) * 0.1)
+        self.shared = shared
+
+    def forward(self, x):
+        if self.shared:  # w reaches the input path twice: no safe split
+            return x * self.w.exp() + self.w.tanh()
+        return x * self.w.exp() + self.b
+
+
 def mlp(layers: int, width: int, seed: int) -> list[nn.Module]:
+    """Layers cycling through Linear; LayerNorm+Linear+Tanh; Linear+raw-parameter scale (float64)."""
     torch.manual_seed(seed)
     out: list[nn.Module] = []
     for i in range(layers):
-        block = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.Tanh())
-        out.append(block if i % 2 else nn.Linear(width, width))
+        kind = i % 3
+        if kind == 0:
+            out.append(nn.Linear(width, width))
+        elif kind == 1:
+            out.append(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.Tanh()))
+        else:
+            out.append(nn.Sequential(nn.Linear(width, width), Scale(width, shared=i % 6 == 5)))
     return [m.double() for m in out]
 
 
@@ -48,7 +69,10 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
                 worst_loss = max(worst_loss, abs(loss.item() - ref_loss.item()))
             for s, mod in mine.items():
                 for p, q in zip(mod.parameters(), ref_layers[s].parameters()):
-                    worst_grad = max(worst_grad, (p.grad - q.grad).abs().max().item())
+                    if p.grad is None or q.grad is None:  # an unused parameter must stay without gradient
+                        worst_grad = max(worst_grad, 0.0 if p.grad is q.grad else float("inf"))
+                    else:
+                        worst_grad = max(worst_grad, (p.grad - q.grad).abs().max().item())
             opt_ref.step()
             opt.step()
         results.append((schedule.name, worst_loss, worst_grad))
@@ -118,3 +142,14 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
             return str(err)
         raise
     return None
+
+
+def memory_run(rank, world, device, texts, cfg):
+    """One training step of the tiny GPT per schedule: (measured, predicted) peak bytes of this rank."""
+    from pipesynth.runtime.train import train_rank
+
+    out = []
+    for text in texts:
+        report = train_rank(rank, world, device, text, cfg)
+        out.append((report["measured_peak_bytes"], report["predicted_peak_bytes"]))
+    return out
