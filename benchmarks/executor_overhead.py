@@ -14,6 +14,7 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from benchmarks.harness import (
@@ -22,16 +23,17 @@ from benchmarks.harness import (
     delay_batch,
     our_step,
     p2p_latency,
-    spawn,
     timed_step,
     write_results,
 )
 from pipesynth.generators import GENERATORS
 from pipesynth.runtime.delay import LAG, delay_stages
+from pipesynth.runtime.launch import launch
 from pipesynth.simulate import simulate
 
 
-def worker(rank: int, world: int, config: DelayConfig, names: list[str]) -> dict[str, Any]:
+def worker(rank: int, world: int, device: torch.device, config: DelayConfig, names: list[str]) -> dict[str, Any]:
+    latency = p2p_latency()
     rows = []
     for name in names:
         schedule = build_schedule(name, config)
@@ -40,20 +42,18 @@ def worker(rank: int, world: int, config: DelayConfig, names: list[str]) -> dict
         step = our_step(schedule, modules, batch, targets)
         for _ in range(config.warmup):
             timed_step(step)
-        latency = p2p_latency(iters=100)  # per schedule: the machine's load changes
-        LAG.sleeps, LAG.excess_s = 0, 0.0
+        LAG.reset()
         times = [timed_step(step) for _ in range(config.steps)]
         lags: list[float] = [0.0] * world
         dist.all_gather_object(lags, LAG.mean_excess_s())
-        rows.append(
-            {"schedule": name, "median_s": statistics.median(times), "lag_s": statistics.mean(lags), "comm_s": latency}
-        )
-    return {"rows": rows}
+        rows.append({"schedule": name, "median_s": statistics.median(times), "lag_s": statistics.mean(lags)})
+    return {"latency_s": latency, "rows": rows}
 
 
 def simulated_seconds(name: str, config: DelayConfig, comm_s: float, lag_s: float = 0.0) -> float:
     """Makespan in seconds with comm `comm_s` and every pass `lag_s` longer than its cost."""
-    problem = build_schedule(name, config).problem
+    schedule = build_schedule(name, config)
+    problem = schedule.problem
     extra = lag_s / config.unit_s
 
     def realised(costs: tuple[float, ...]) -> tuple[float, ...]:
@@ -66,7 +66,6 @@ def simulated_seconds(name: str, config: DelayConfig, comm_s: float, lag_s: floa
         cost_b=realised(problem.cost_b),
         cost_w=realised(problem.cost_w),
     )
-    schedule = build_schedule(name, config)
     return simulate(replace(schedule, problem=timed)).makespan * config.unit_s
 
 
@@ -77,26 +76,26 @@ def main() -> None:
     args = parser.parse_args()
     config = DelayConfig.from_arguments(args)
     names = args.schedules.split(",") if args.schedules else sorted(GENERATORS)
-    result = spawn(worker, config.devices, config, names)
+    result = launch(worker, config.devices, config, names)[0]
     table = [
-        "| schedule | P2P latency (us) | simulated (ms) | measured median (ms) | median / simulated "
+        "| schedule | simulated (ms) | measured median (ms) | median / simulated "
         "| sleep lag per pass (ms) | simulated with realised sleeps (ms) | median / that |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     ratios, realised_ratios = [], []
     for row in result["rows"]:
-        nominal = simulated_seconds(row["schedule"], config, row["comm_s"])
-        realised = simulated_seconds(row["schedule"], config, row["comm_s"], row["lag_s"])
+        nominal = simulated_seconds(row["schedule"], config, result["latency_s"])
+        realised = simulated_seconds(row["schedule"], config, result["latency_s"], row["lag_s"])
         ratios.append(row["median_s"] / nominal)
         realised_ratios.append(row["median_s"] / realised)
         table.append(
-            f"| {row['schedule']} | {row['comm_s'] * 1e6:.0f} | {nominal * 1e3:.1f} | {row['median_s'] * 1e3:.1f} "
+            f"| {row['schedule']} | {nominal * 1e3:.1f} | {row['median_s'] * 1e3:.1f} "
             f"| {ratios[-1]:.3f} "
             f"| {row['lag_s'] * 1e3:.2f} | {realised * 1e3:.1f} | {realised_ratios[-1]:.3f} |"
         )
     header = config.describe() + [
-        "P2P latency: a tiny tensor's half round trip between ranks 0 and 1 (gloo, median of 100), measured "
-        "before each schedule's measured steps and used as the simulator's comm. Sleep lag: how much later than "
+        f"P2P latency: {result['latency_s'] * 1e6:.0f} us, a tiny tensor's half round trip between ranks 0 and 1 "
+        "(gloo, 10th percentile of 300), used as the simulator's comm. Sleep lag: how much later than "
         "asked the stages' sleeps returned (mean over measured passes and ranks); the last two columns "
         "simulate with it added to every pass, leaving the executor's own overhead."
     ]

@@ -1,4 +1,4 @@
-"""What the runtime benchmarks share: spawning ranks, timing a step across ranks, P2P latency, results files.
+"""What the runtime benchmarks share: the delay workload's set-up, timing a step across ranks, P2P latency, results.
 
 Step time is measured across ranks: every rank leaves a barrier, notes its
 start, runs the step and notes its end, all on the system-wide monotonic
@@ -9,12 +9,10 @@ max(end) - min(start). The barrier itself is not counted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +21,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pipesynth.generators import GENERATORS, generate
+from pipesynth.runtime.delay import delay_loss
+from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.schedule import Schedule
 
 RESULTS = Path(__file__).parent / "results"
@@ -86,26 +85,6 @@ def delay_batch(config: DelayConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(config.microbatches, 4), torch.ones(config.microbatches, 4)
 
 
-def spawn(worker: Callable[..., Any], world: int, *args: Any) -> Any:
-    """Run `worker(rank, world, *args)` on `world` gloo ranks; return what rank 0 returned."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        mp.spawn(_entry, args=(world, f"file://{tmp}/init", str(out), worker, args), nprocs=world)
-        return json.loads(out.read_text())
-
-
-def _entry(rank: int, world: int, init: str, out: str, worker: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        result = worker(rank, world, *args)
-        if rank == 0:
-            Path(out).write_text(json.dumps(result))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 def timed_step(step: Callable[[], Any]) -> float:
     """Seconds from the first rank starting `step` to the last rank finishing it (same value on every rank)."""
     dist.barrier()
@@ -117,8 +96,13 @@ def timed_step(step: Callable[[], Any]) -> float:
     return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
-def p2p_latency(iters: int = 200, warmup: int = 20) -> float:
-    """One-way latency (s) of a tiny tensor between ranks 0 and 1: median half round trip, after warm-up."""
+def p2p_latency(iters: int = 300, warmup: int = 20) -> float:
+    """One-way latency (s) of a tiny tensor between ranks 0 and 1: the 10th percentile of half round trips.
+
+    A low percentile, not the median: on a busy machine a trip now and then
+    waits milliseconds for a core, which is the machine's load, not the
+    wire's latency (it shows in the measured step times all the same).
+    """
     rank = dist.get_rank()
     buf = torch.zeros(4)
     trips = []
@@ -133,7 +117,7 @@ def p2p_latency(iters: int = 200, warmup: int = 20) -> float:
         elif rank == 1:
             dist.recv(buf, 0)
             dist.send(buf, 0)
-    latency = [statistics.median(trips) / 2 if rank == 0 else 0.0]
+    latency = [statistics.quantiles(trips, n=10)[0] / 2 if rank == 0 else 0.0]
     dist.broadcast_object_list(latency, src=0)
     return latency[0]
 
@@ -160,8 +144,5 @@ def our_step(
     schedule: Schedule, modules: dict[int, torch.nn.Module], batch: torch.Tensor, targets: torch.Tensor
 ) -> Callable[[], Any]:
     """A no-argument callable running one step of our executor on this rank's `modules`."""
-    from pipesynth.runtime.delay import delay_loss
-    from pipesynth.runtime.executor import PipelineExecutor
-
     executor = PipelineExecutor(schedule, modules, delay_loss)
     return lambda: executor.step(batch, targets)

@@ -24,38 +24,39 @@ from benchmarks.harness import (
     delay_batch,
     our_step,
     p2p_latency,
-    spawn,
     timed_step,
     write_results,
 )
 from pipesynth.generators import GENERATORS
 from pipesynth.runtime.delay import delay_loss, delay_stages
+from pipesynth.runtime.launch import launch
 from pipesynth.runtime.torch_pipelining import TORCH_EQUIVALENTS, builtin_schedule, csv_schedule, torch_step
 from pipesynth.schedule import Schedule
 
 
-def variants(name: str, schedule: Schedule, rank: int, config: DelayConfig) -> dict[str, Callable[[], Any]]:
+def variants(
+    name: str, schedule: Schedule, rank: int, device: torch.device, config: DelayConfig
+) -> dict[str, Callable[[], Any]]:
     """One step callable per implementation, each on its own fresh delay modules."""
-    cpu = torch.device("cpu")
     batch, targets = delay_batch(config)
 
     def fresh() -> dict[int, torch.nn.Module]:
         return delay_stages(schedule.problem, config.unit_s, schedule.problem.stages_on(rank))
 
     steps = {"pipesynth": our_step(schedule, fresh(), batch, targets)}
-    runtimes = {"torch CSV": csv_schedule(schedule, fresh(), delay_loss, cpu)}
+    runtimes = {"torch CSV": csv_schedule(schedule, fresh(), delay_loss, device)}
     if name in TORCH_EQUIVALENTS:
-        runtimes[f"torch {TORCH_EQUIVALENTS[name]}"] = builtin_schedule(name, schedule, fresh(), delay_loss, cpu)
+        runtimes[f"torch {TORCH_EQUIVALENTS[name]}"] = builtin_schedule(name, schedule, fresh(), delay_loss, device)
     for label, runtime in runtimes.items():
         steps[label] = functools.partial(torch_step, runtime, schedule, batch, targets)
     return steps
 
 
-def worker(rank: int, world: int, config: DelayConfig, names: list[str]) -> dict[str, Any]:
+def worker(rank: int, world: int, device: torch.device, config: DelayConfig, names: list[str]) -> dict[str, Any]:
     latency = p2p_latency()
     rows = []
     for name in names:
-        steps = variants(name, build_schedule(name, config), rank, config)
+        steps = variants(name, build_schedule(name, config), rank, device, config)
         times: dict[str, list[float]] = {label: [] for label in steps}
         for i in range(config.warmup + config.steps):
             for label, step in steps.items():  # interleaved, so slow drifts hit every implementation alike
@@ -73,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     config = DelayConfig.from_arguments(args)
     names = args.schedules.split(",") if args.schedules else sorted(GENERATORS)
-    result = spawn(worker, config.devices, config, names)
+    result = launch(worker, config.devices, config, names)[0]
     table = [
         "| schedule | pipesynth (ms) | torch CSV (ms) | ours / torch CSV | torch built-in | built-in (ms) "
         "| ours / built-in |",

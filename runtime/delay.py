@@ -29,6 +29,9 @@ class SleepLag:
     sleeps: int = 0
     excess_s: float = 0.0
 
+    def reset(self) -> None:
+        self.sleeps, self.excess_s = 0, 0.0
+
     def mean_excess_s(self) -> float:
         return self.excess_s / self.sleeps if self.sleeps else 0.0
 
