@@ -116,3 +116,43 @@ def test_measured_activation_memory_follows_the_schedule():
         peaks[name] = max(per_rank[rank][i][0] for rank in range(4))
     assert peaks["v-half"] <= 0.8 * peaks["1f1b"]
     assert peaks["v-min"] <= 0.55 * peaks["1f1b"]
+
+
+def test_train_command_matches_the_unpipelined_reference(tmp_path):
+    """float32 tiny GPT: a pipelined run's losses equal the one-process run's within 1e-5 (relative)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipesynth.cli import app
+    from pipesynth.schedule_file import save
+
+    save(generate("v-half", 2, 4), tmp_path / "v-half.json")
+    runner = CliRunner()
+    reports = {}
+    for ranks in ("2", "1"):
+        out = tmp_path / f"run{ranks}.json"
+        args = ["train", str(tmp_path / "v-half.json"), "--steps", "3", "--ranks", ranks, "--report", str(out)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        reports[ranks] = json.loads(out.read_text())
+    pipelined, reference = reports["2"], reports["1"]
+    assert len(pipelined["losses"]) == 3
+    for a, b in zip(pipelined["losses"], reference["losses"]):
+        assert abs(a - b) <= 1e-5 * abs(b)
+    assert pipelined["losses"][-1] < pipelined["losses"][0]
+    for rank in pipelined["ranks"]:
+        assert rank["measured_peak_bytes"] > 0 and rank["predicted_peak_bytes"] > 0
+        assert len(rank["step_seconds"]) == 3
+
+
+def test_train_command_rejects_a_rank_count_that_does_not_fit(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipesynth.cli import app
+    from pipesynth.schedule_file import save
+
+    save(generate("1f1b", 2, 2), tmp_path / "s.json")
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "s.json"), "--ranks", "3"])
+    assert result.exit_code == 2
+    assert "ranks: the schedule runs on 2 ranks" in result.output
