@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from runtime_workers import compare_with_reference, faulty_run, memory_run, random_order  # noqa: E402
 
 from pipesynth.generators import GENERATORS, generate  # noqa: E402
-from pipesynth.problem import make_problem  # noqa: E402
+from pipesynth.problem import make_problem, parse_cap  # noqa: E402
 from pipesynth.runtime.launch import LaunchError, launch  # noqa: E402
 from pipesynth.runtime.plan import messages, rank_ops  # noqa: E402
 from pipesynth.runtime.split import deferring, make_splittable  # noqa: E402
@@ -21,9 +21,19 @@ from pipesynth.schedule_file import dumps  # noqa: E402
 TOL = 1e-10  # float64
 
 
+def solved(devices: int, microbatches: int) -> str:
+    """A CP-SAT schedule: V placement, unequal costs, capped at 0.75x of 1F1B's memory."""
+    from pipesynth.solver import solve
+
+    problem = make_problem(devices, microbatches, "v", cost={"F": 3, "B": 4, "W": 2})
+    problem = problem.with_cap(parse_cap("0.75x", problem))
+    return dumps(solve(problem, time_limit=10, workers=1, deterministic=True).schedule)
+
+
 def schedules_for(devices: int, microbatches: int) -> list[str]:
-    """Every registered generator, plus random valid orders that stress the P2P plan."""
+    """Every registered generator, a solver output, and random valid orders that stress the P2P plan."""
     texts = [dumps(generate(name, devices, microbatches)) for name in sorted(GENERATORS)]
+    texts.append(solved(devices, microbatches))
     texts.append(dumps(random_order(make_problem(devices, microbatches, "v"), seed=devices)))
     texts.append(dumps(random_order(make_problem(devices, microbatches, "loop", chunks=2, split_backward=False), 1)))
     return texts
