@@ -253,6 +253,16 @@ class PipelineExecutor:
                 self._receiving[msg.index] = (work, buf)
             self._next += 1
 
+    def _reap_sends(self, finished_only: bool) -> None:
+        """Drop the buffers of completed sends (surfacing their errors); wait for all unless `finished_only`."""
+        pending = []
+        for work, tensor, msg in self._sending:
+            if finished_only and not work.is_completed():
+                pending.append((work, tensor, msg))
+            else:
+                self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
+        self._sending = pending
+
     def _take(self, key: PassKey, action: Action) -> torch.Tensor:
         """The tensor `action` consumes: handed over in memory or received."""
         if key in self._handover:
@@ -311,10 +321,9 @@ class PipelineExecutor:
         for action in self.actions:
             self._post()
             {"F": self._forward, "B": self._backward, "W": self._weight}[action.op](action)
+            self._reap_sends(finished_only=True)
         self._post()
-        for work, _, msg in self._sending:
-            self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
-        self._sending.clear()
+        self._reap_sends(finished_only=False)
 
         loss = torch.stack(self._losses).sum() / m if self._losses else None
         if self.broadcast_loss:

@@ -100,12 +100,14 @@ def random_order(problem, seed: int):
 
 
 class Stall(nn.Module):
-    """A stage that sleeps far past any timeout (a hung peer)."""
+    """A stage that, once armed, sleeps far past any timeout (a hung peer)."""
+
+    armed = False
 
     def forward(self, x):
         import time
 
-        if x.device.type != "meta":  # let the shape handshake through
+        if self.armed:
             time.sleep(60)
         return x
 
@@ -136,6 +138,9 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
     y = torch.full((m, 4), float("nan")) if fault == "nan" else torch.randn(m, 4, dtype=torch.float64)
     try:
         executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=timeout)
+        if fault == "stall":
+            executor.step(x, y)  # a first step goes through, so the time-out hits a pass, not the set-up
+            Stall.armed = True
         executor.step(x, y)
     except PipelineError as err:
         if fault in ("wrong-stages", "world"):
