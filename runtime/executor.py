@@ -97,9 +97,10 @@ class PipelineExecutor:
     so the mean of the microbatch losses is the mean loss of the batch.
     With split backward, nn.Linear / nn.LayerNorm / nn.Embedding inside the
     modules are switched in place to their split twins (split.py), and any
-    other parameter is split off along the autograd graph (graph_split.py);
-    on stage 0 (no input gradient) those other parameters get their
-    gradients in B.
+    other parameter is split off along the autograd graph (graph_split.py;
+    a float input of stage 0 is then made to require a gradient for the
+    split, an integer one cannot: those parameters then get their gradients
+    in B).
     `step` returns the mean loss on the rank holding the last stage and None
     elsewhere (or on every rank with broadcast_loss=True).
     """
@@ -366,7 +367,8 @@ class PipelineExecutor:
     def _forward(self, action: Action) -> None:
         s, j = action.stage, action.mb
         x = self._in_chunks[j] if s == 0 else self._take(("F", s, j), action)
-        if s > 0 and x.dtype.is_floating_point:
+        # Stage 0's input needs no gradient, but the graph split needs an input path to split along.
+        if x.dtype.is_floating_point and (s > 0 or s in self._graph_split):
             x = x.detach().requires_grad_(True)
             self._inputs[(s, j)] = x
         with self.meter.saving() if self.meter else nullcontext():

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime_workers import compare_with_reference, faulty_run, memory_run, random_order  # noqa: E402
+from runtime_workers import compare_with_reference, faulty_run, memory_run, phase_run, random_order  # noqa: E402
 
 from pipesynth.generators import GENERATORS, generate  # noqa: E402
 from pipesynth.problem import make_problem, parse_cap  # noqa: E402
@@ -166,3 +166,15 @@ def test_train_command_rejects_a_rank_count_that_does_not_fit(tmp_path):
     result = CliRunner().invoke(app, ["train", str(tmp_path / "s.json"), "--ranks", "3"])
     assert result.exit_code == 2
     assert "ranks: the schedule runs on 2 ranks" in result.output
+
+
+def test_raw_parameters_get_their_weight_gradient_in_w_not_b():
+    """Graph split: the input path runs in B only, the weight branch in W only, on every stage (stage 0 too)."""
+    schedule = generate("zb-h1", 2, 3)
+    per_rank = launch(phase_run, 2, dumps(schedule), timeout=20)
+    for calls, grads in per_rank:
+        assert all(grads.values())
+        stages = {s for _, s, _ in calls}
+        for s in stages:
+            assert sorted(phase for name, st, phase in calls if st == s and name == "main") == ["B"] * 3
+            assert sorted(phase for name, st, phase in calls if st == s and name == "weight") == ["W"] * 3
