@@ -95,9 +95,9 @@ class PipelineExecutor:
     stage_modules: {stage: module} for exactly the stages the schedule places
     on this rank. loss_fn(output, target) must be a mean over the microbatch,
     so the mean of the microbatch losses is the mean loss of the batch.
-    With split backward, nn.Linear / nn.LayerNorm / nn.Embedding inside the
-    modules are switched in place to their split twins (split.py), and any
-    other parameter is split off along the autograd graph (graph_split.py;
+    With split backward, nn.Linear / nn.Embedding inside the modules are
+    switched in place to their split twins (split.py), LayerNorm weights
+    get their (cheap) gradients in B, and any other parameter is split off along the autograd graph (graph_split.py;
     a float input of stage 0 is then made to require a gradient for the
     split, an integer one cannot: those parameters then get their gradients
     in B).
