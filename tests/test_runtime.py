@@ -27,7 +27,7 @@ def solved(devices: int, microbatches: int) -> str:
 
     problem = make_problem(devices, microbatches, "v", cost={"F": 3, "B": 4, "W": 2})
     problem = problem.with_cap(parse_cap("0.75x", problem))
-    return dumps(solve(problem, time_limit=10, workers=1, deterministic=True).schedule)
+    return dumps(solve(problem, time_limit=2, workers=1, deterministic=True).schedule)
 
 
 def schedules_for(devices: int, microbatches: int) -> list[str]:
