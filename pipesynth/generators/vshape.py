@@ -22,7 +22,7 @@ from pipesynth.blocks import Block, block_violations, live_copies, repeated_orde
 from pipesynth.errors import PipesynthError
 from pipesynth.generators import register
 from pipesynth.problem import Problem
-from pipesynth.reorder import greedy_portfolio, shortest
+from pipesynth.reorder import Variant, greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
 from pipesynth.simulate import simulate
 
@@ -84,7 +84,7 @@ def unit_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
 
 def steady_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
     """The block a slot pattern settles into once repeated and squeezed (see module doc)."""
-    unit = max(max(problem.cost_f), max(problem.cost_b), max(problem.cost_w)) + problem.comm
+    unit = max(max(problem.cost_f), max(problem.cost_b), max(problem.cost_w)) + problem.comm or 1.0
     wide = Block(problem, SLOTS * unit, {k: v * unit for k, v in slot.items()})
     copies = max(live_copies(wide))
     m = 4 * copies + 8
@@ -105,16 +105,19 @@ def steady_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
     return wide
 
 
+BLOCKS = ("v-min", "v-half", "v-zb")
+
+
 def v_slots(problem: Problem, name: str) -> dict[tuple[str, int], int]:
-    """The named paper block's slots (`v-min`, `v-half`, `v-zb`)."""
+    """The named paper block's slots (one of BLOCKS)."""
+    if name not in BLOCKS:
+        raise PipesynthError(f"block: no building block named {name!r}; blocks: {', '.join(BLOCKS)}")
     d = check_v(problem, name)
     if name == "v-min":
         return slot_offsets(d, v_min_slots)
     if name == "v-half":
         return slot_offsets(d, v_half_slots)
-    if name == "v-zb":
-        return slot_offsets(d, v_half_slots, v_zb_delay(d))
-    raise PipesynthError(f"block: unknown V-shape block {name!r}; expected v-min, v-half or v-zb")
+    return slot_offsets(d, v_half_slots, v_zb_delay(d))
 
 
 def v_block(problem: Problem, name: str) -> Block:
@@ -128,7 +131,7 @@ def v_zb_delay(d: int) -> tuple[int, int]:
     return spare - spare // 2, spare // 2
 
 
-def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, ...] | None]:
+def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, ...]]:
     """Per-stage limits to try before each device's first B: how its memory is shared by its two chunks.
 
     Device i can hold cap_i microbatches of its chunks (equal activations
@@ -137,7 +140,7 @@ def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, .
     warm-up); we also try one fewer, one more and half.
     """
     d = problem.devices
-    splits: list[tuple[int, ...] | None] = [None]
+    splits: list[tuple[int, ...]] = []
     for rule in (-1, 0, 1, "half"):
         limits = [0] * problem.stages
         for i in range(d):
@@ -190,5 +193,17 @@ def zb_v(problem: Problem) -> Schedule:
         """Oldest microbatch first, then the pass's place along the V (forward down, backward up)."""
         return j, {"F": s, "B": 2 * stages - 1 - s, "W": 2 * stages - 0.5 - s}[op]
 
-    candidates = greedy_portfolio(problem, cap, rank, (None,), warmup_splits(problem, cap))
-    return shortest(problem, candidates, "zb-v")
+    warmups = (None, *warmup_splits(problem, cap))
+    return shortest(problem, greedy_portfolio(problem, cap, rank, ZB_V_VARIANTS, (None,), warmups), "zb-v")
+
+
+#: The greedy settings zb-v tries (warmup#k: the k-th of `warmup_splits`), chosen as for
+#: blocks.UNROLL_VARIANTS.
+ZB_V_VARIANTS = (
+    Variant("fbw"),
+    Variant("fbw", "w", warmup=2),
+    Variant("bfw", warmup=1),
+    Variant("fbw", "all"),
+    Variant("rank", "w", warmup=4),
+    Variant("fbw", "w", warmup=3),
+)
