@@ -95,11 +95,12 @@ class PipelineExecutor:
     stage_modules: {stage: module} for exactly the stages the schedule places
     on this rank. loss_fn(output, target) must be a mean over the microbatch,
     so the mean of the microbatch losses is the mean loss of the batch.
-    With split backward, nn.Linear / nn.LayerNorm / nn.Embedding inside the
-    modules are switched in place to their split twins (split.py), and any
-    other parameter is split off along the autograd graph (graph_split.py);
-    on stage 0 (no input gradient) those other parameters get their
-    gradients in B.
+    With split backward, nn.Linear / nn.Embedding inside the modules are
+    switched in place to their split twins (split.py), LayerNorm weights
+    get their (cheap) gradients in B, and any other parameter is split off along the autograd graph (graph_split.py;
+    a float input of stage 0 is then made to require a gradient for the
+    split, an integer one cannot: those parameters then get their gradients
+    in B).
     `step` returns the mean loss on the rank holding the last stage and None
     elsewhere (or on every rank with broadcast_loss=True).
     """
@@ -253,6 +254,16 @@ class PipelineExecutor:
                 self._receiving[msg.index] = (work, buf)
             self._next += 1
 
+    def _reap_sends(self, finished_only: bool) -> None:
+        """Drop the buffers of completed sends (surfacing their errors); wait for all unless `finished_only`."""
+        pending = []
+        for work, tensor, msg in self._sending:
+            if finished_only and not work.is_completed():
+                pending.append((work, tensor, msg))
+            else:
+                self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
+        self._sending = pending
+
     def _take(self, key: PassKey, action: Action) -> torch.Tensor:
         """The tensor `action` consumes: handed over in memory or received."""
         if key in self._handover:
@@ -311,10 +322,9 @@ class PipelineExecutor:
         for action in self.actions:
             self._post()
             {"F": self._forward, "B": self._backward, "W": self._weight}[action.op](action)
+            self._reap_sends(finished_only=True)
         self._post()
-        for work, _, msg in self._sending:
-            self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
-        self._sending.clear()
+        self._reap_sends(finished_only=False)
 
         loss = torch.stack(self._losses).sum() / m if self._losses else None
         if self.broadcast_loss:
@@ -357,7 +367,8 @@ class PipelineExecutor:
     def _forward(self, action: Action) -> None:
         s, j = action.stage, action.mb
         x = self._in_chunks[j] if s == 0 else self._take(("F", s, j), action)
-        if s > 0 and x.dtype.is_floating_point:
+        # Stage 0's input needs no gradient, but the graph split needs an input path to split along.
+        if x.dtype.is_floating_point and (s > 0 or s in self._graph_split):
             x = x.detach().requires_grad_(True)
             self._inputs[(s, j)] = x
         with self.meter.saving() if self.meter else nullcontext():

@@ -100,12 +100,14 @@ def random_order(problem, seed: int):
 
 
 class Stall(nn.Module):
-    """A stage that sleeps far past any timeout (a hung peer)."""
+    """A stage that, once armed, sleeps far past any timeout (a hung peer)."""
+
+    armed = False
 
     def forward(self, x):
         import time
 
-        if x.device.type != "meta":  # let the shape handshake through
+        if self.armed:
             time.sleep(60)
         return x
 
@@ -136,6 +138,9 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
     y = torch.full((m, 4), float("nan")) if fault == "nan" else torch.randn(m, 4, dtype=torch.float64)
     try:
         executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=timeout)
+        if fault == "stall":
+            executor.step(x, y)  # a first step goes through, so the time-out hits a pass, not the set-up
+            Stall.armed = True
         executor.step(x, y)
     except PipelineError as err:
         if fault in ("wrong-stages", "world"):
@@ -153,3 +158,53 @@ def memory_run(rank, world, device, texts, cfg):
         report = train_rank(rank, world, device, text, cfg)
         out.append((report["measured_peak_bytes"], report["predicted_peak_bytes"]))
     return out
+
+
+PHASE = ["-"]
+CALLS: list[tuple[str, int, str]] = []
+
+
+class _Probe(torch.autograd.Function):
+    """Identity that logs, when its backward runs, which pass (B or W) the executor is in."""
+
+    @staticmethod
+    def forward(ctx, x, name, stage):
+        ctx.name, ctx.stage = name, stage
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        CALLS.append((ctx.name, ctx.stage, PHASE[0]))
+        return grad, None, None
+
+
+class ProbeStage(nn.Module):
+    """out = probe_main(x + probe_weight(w)): a raw parameter like the delay workload's stages."""
+
+    def __init__(self, stage: int) -> None:
+        super().__init__()
+        self.stage = stage
+        self.w = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+
+    def forward(self, x):
+        return _Probe.apply(x + _Probe.apply(self.w, "weight", self.stage), "main", self.stage)
+
+
+def phase_run(rank, world, device, schedule_text):
+    """Which pass ran each backward branch, per stage, over one step."""
+    schedule = loads(schedule_text)
+    mine = {s: ProbeStage(s) for s in schedule.problem.stages_on(rank)}
+    executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=20)
+    for op, name in (("B", "_backward"), ("W", "_weight")):
+        run = getattr(executor, name)
+
+        def traced(action, run=run, op=op):
+            PHASE[0] = op
+            run(action)
+            PHASE[0] = "-"
+
+        setattr(executor, name, traced)
+    m = schedule.problem.microbatches
+    executor.step(torch.randn(m, 4, dtype=torch.float64), torch.randn(m, 4, dtype=torch.float64))
+    grads = {s: mod.w.grad is not None for s, mod in mine.items()}
+    return CALLS, grads

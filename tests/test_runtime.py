@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime_workers import compare_with_reference, faulty_run, memory_run, random_order  # noqa: E402
+from runtime_workers import compare_with_reference, faulty_run, memory_run, phase_run, random_order  # noqa: E402
 
 from pipesynth.generators import GENERATORS, generate  # noqa: E402
-from pipesynth.problem import make_problem  # noqa: E402
+from pipesynth.problem import make_problem, parse_cap  # noqa: E402
 from pipesynth.runtime.launch import LaunchError, launch  # noqa: E402
 from pipesynth.runtime.plan import messages, rank_ops  # noqa: E402
 from pipesynth.runtime.split import deferring, make_splittable  # noqa: E402
@@ -21,9 +21,19 @@ from pipesynth.schedule_file import dumps  # noqa: E402
 TOL = 1e-10  # float64
 
 
+def solved(devices: int, microbatches: int) -> str:
+    """A CP-SAT schedule: V placement, unequal costs, capped at 0.75x of 1F1B's memory."""
+    from pipesynth.solver import solve
+
+    problem = make_problem(devices, microbatches, "v", cost={"F": 3, "B": 4, "W": 2})
+    problem = problem.with_cap(parse_cap("0.75x", problem))
+    return dumps(solve(problem, time_limit=2, workers=1, deterministic=True).schedule)
+
+
 def schedules_for(devices: int, microbatches: int) -> list[str]:
-    """Every registered generator, plus random valid orders that stress the P2P plan."""
+    """Every registered generator, a solver output, and random valid orders that stress the P2P plan."""
     texts = [dumps(generate(name, devices, microbatches)) for name in sorted(GENERATORS)]
+    texts.append(solved(devices, microbatches))
     texts.append(dumps(random_order(make_problem(devices, microbatches, "v"), seed=devices)))
     texts.append(dumps(random_order(make_problem(devices, microbatches, "loop", chunks=2, split_backward=False), 1)))
     return texts
@@ -116,3 +126,55 @@ def test_measured_activation_memory_follows_the_schedule():
         peaks[name] = max(per_rank[rank][i][0] for rank in range(4))
     assert peaks["v-half"] <= 0.8 * peaks["1f1b"]
     assert peaks["v-min"] <= 0.55 * peaks["1f1b"]
+
+
+def test_train_command_matches_the_unpipelined_reference(tmp_path):
+    """float32 tiny GPT: a pipelined run's losses equal the one-process run's within 1e-5 (relative)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipesynth.cli import app
+    from pipesynth.schedule_file import save
+
+    save(generate("v-half", 2, 4), tmp_path / "v-half.json")
+    runner = CliRunner()
+    reports = {}
+    for ranks in ("2", "1"):
+        out = tmp_path / f"run{ranks}.json"
+        args = ["train", str(tmp_path / "v-half.json"), "--steps", "3", "--ranks", ranks, "--report", str(out)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        reports[ranks] = json.loads(out.read_text())
+    pipelined, reference = reports["2"], reports["1"]
+    assert len(pipelined["losses"]) == 3
+    for a, b in zip(pipelined["losses"], reference["losses"]):
+        assert abs(a - b) <= 1e-5 * abs(b)
+    assert pipelined["losses"][-1] < pipelined["losses"][0]
+    for rank in pipelined["ranks"]:
+        assert rank["measured_peak_bytes"] > 0 and rank["predicted_peak_bytes"] > 0
+        assert len(rank["step_seconds"]) == 3
+
+
+def test_train_command_rejects_a_rank_count_that_does_not_fit(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipesynth.cli import app
+    from pipesynth.schedule_file import save
+
+    save(generate("1f1b", 2, 2), tmp_path / "s.json")
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "s.json"), "--ranks", "3"])
+    assert result.exit_code == 2
+    assert "ranks: the schedule runs on 2 ranks" in result.output
+
+
+def test_raw_parameters_get_their_weight_gradient_in_w_not_b():
+    """Graph split: the input path runs in B only, the weight branch in W only, on every stage (stage 0 too)."""
+    schedule = generate("zb-h1", 2, 3)
+    per_rank = launch(phase_run, 2, dumps(schedule), timeout=20)
+    for calls, grads in per_rank:
+        assert all(grads.values())
+        stages = {s for _, s, _ in calls}
+        for s in stages:
+            assert sorted(phase for name, st, phase in calls if st == s and name == "main") == ["B"] * 3
+            assert sorted(phase for name, st, phase in calls if st == s and name == "weight") == ["W"] * 3
