@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -103,6 +104,9 @@ class PipelineExecutor:
     in B).
     `step` returns the mean loss on the rank holding the last stage and None
     elsewhere (or on every rank with broadcast_loss=True).
+    `grads_ready(stage, module)`, if given, is called during `step` right
+    after a stage's last pass of the step: its gradients are final, so an
+    optimizer can update that stage while later passes still run.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class PipelineExecutor:
         timeout: float = 60.0,
         track_memory: bool = True,
         broadcast_loss: bool = False,
+        grads_ready: Callable[[int, nn.Module], None] | None = None,
     ) -> None:
         self.schedule = schedule
         self.problem = schedule.problem
@@ -142,6 +147,8 @@ class PipelineExecutor:
                 if any(id(p) not in in_b for p in params):
                     self._graph_split[s] = params
         self.actions: list[Action] = schedule.actions[self.rank]
+        self.grads_ready = grads_ready
+        self._last_pass = {a.stage: i for i, a in enumerate(self.actions)}
         self.last_stage = self.problem.stages - 1
         self.stats: StepStats | None = None
         self._ops: list[CommOp] | None = None  # set by the shape handshake of the first step
@@ -319,10 +326,12 @@ class PipelineExecutor:
         start = time.perf_counter()
         base_level = self.meter.level if self.meter else 0
 
-        for action in self.actions:
+        for position, action in enumerate(self.actions):
             self._post()
             {"F": self._forward, "B": self._backward, "W": self._weight}[action.op](action)
             self._reap_sends(finished_only=True)
+            if self.grads_ready is not None and self._last_pass[action.stage] == position:
+                self.grads_ready(action.stage, self.modules[action.stage])
         self._post()
         self._reap_sends(finished_only=False)
 

@@ -108,10 +108,11 @@ def _independent(roots: list[Node], parents: dict[Node, list[Node]], on_input_pa
     """
     if len(set(roots)) != len(roots):
         return False
+    if any(sum(parent in on_input_path for parent in parents[root]) != 1 for root in roots):
+        return False
+    children = {n: [c for c, _ in n.next_functions if c is not None] for n in parents}
     for root in roots:
-        if sum(parent in on_input_path for parent in parents[root]) != 1:
-            return False
-        below = _reaching([root], {n: [c for c, _ in n.next_functions if c is not None] for n in parents})
+        below = _reaching([root], children)  # walking `children` as if parents: what lies below
         if any(other in below for other in roots if other is not root):
             return False
     return True

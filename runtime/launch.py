@@ -91,9 +91,10 @@ def launch(
     `fn` must be importable (a module-level function) and its result
     picklable. `timeout` bounds process-group set-up and collectives;
     pass the same value to the executor for P2P waits. `start_method`
-    defaults to fork on Linux CPU runs (seconds faster per launch; the
-    parent must not have trained anything yet) and spawn otherwise (CUDA
-    cannot fork).
+    defaults to fork on Linux CPU runs (seconds faster per launch; safe
+    after the parent ran torch ops as long as each rank stays at one
+    thread, the default: OpenMP pools do not survive a fork) and spawn
+    otherwise (CUDA cannot fork).
     """
     if backend_for(device) == "nccl" and torch.cuda.device_count() < world_size:
         gpus = torch.cuda.device_count()

@@ -41,7 +41,10 @@ def mlp(layers: int, width: int, seed: int) -> list[nn.Module]:
 
 
 def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6):
-    """Train each schedule and the single-process model side by side; return the worst differences."""
+    """Train each schedule and the single-process model side by side; return the worst differences.
+
+    Also checks that grads_ready fires once per stage and step, with that stage's final gradients.
+    """
     results = []
     for text in schedule_texts:
         schedule = loads(text)
@@ -52,7 +55,14 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
         pipe_layers = mlp(stages, width, seed=1)
         parts = split_layers(pipe_layers, [1] * stages)
         mine = {s: parts[s] for s in schedule.problem.stages_on(rank)}
-        executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=20)
+        ready: dict[int, list] = {}  # stage -> its gradients when grads_ready fired
+
+        def snapshot(stage, module, ready=ready):
+            assert stage not in ready, f"grads_ready fired twice for stage {stage}"
+            ready[stage] = [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+        executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=20, grads_ready=snapshot)
+        hook_ok = True
         opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
         opt = torch.optim.SGD([p for mod in mine.values() for p in mod.parameters()], lr=0.1)
         worst_loss = worst_grad = 0.0
@@ -64,7 +74,13 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
             ref_loss = nn.functional.mse_loss(ref(x), y)
             ref_loss.backward()
             opt.zero_grad()
+            ready.clear()
             loss = executor.step(x, y)
+            hook_ok &= sorted(ready) == sorted(mine) and all(
+                (a is None and p.grad is None) or (a is not None and torch.equal(a, p.grad))
+                for s, mod in mine.items()
+                for a, p in zip(ready[s], mod.parameters())
+            )
             if loss is not None:
                 worst_loss = max(worst_loss, abs(loss.item() - ref_loss.item()))
             for s, mod in mine.items():
@@ -75,7 +91,7 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
                         worst_grad = max(worst_grad, (p.grad - q.grad).abs().max().item())
             opt_ref.step()
             opt.step()
-        results.append((schedule.name, worst_loss, worst_grad))
+        results.append((schedule.name, worst_loss, worst_grad, hook_ok))
     return results
 
 

@@ -45,9 +45,10 @@ def test_every_schedule_matches_single_process_gradients(devices, microbatches):
     per_rank = launch(compare_with_reference, devices, texts, timeout=30)
     for rank, results in enumerate(per_rank):
         assert len(results) == len(texts)
-        for name, loss_err, grad_err in results:
+        for name, loss_err, grad_err, hook_ok in results:
             assert loss_err <= TOL, f"{name}: loss differs by {loss_err} on rank {rank}"
             assert grad_err <= TOL, f"{name}: a gradient differs by {grad_err} on rank {rank}"
+            assert hook_ok, f"{name}: grads_ready fired early, twice or not at all on rank {rank}"
 
 
 def test_split_layers_give_the_fused_gradients_and_defer_weights():
