@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from pipesynth.problem import Op, Problem
@@ -174,6 +174,7 @@ def unroll(
     warmup_caps: Sequence[Sequence[int]] = (),
     slot_block: Block | None = None,
     variants: Sequence[Variant] = UNROLL_VARIANTS,
+    extra: Iterable[tuple[str, Sequence[Sequence[tuple[Op, int, int]]]]] = (),
 ) -> Schedule:
     """Repeat the block for `microbatches` microbatches, squeeze, and reorder.
 
@@ -185,7 +186,7 @@ def unroll(
     block's own repeats; and memory-capped greedy list schedules with the
     block's order as tie-break (`variants`, which may use the block's
     per-stage peaks and `warmup_caps`: per-stage limits before a device's
-    first B). No device's memory exceeds `cap` (default: the block's
+    first B); and the caller's own labelled orders (`extra`). No device's memory exceeds `cap` (default: the block's
     steady-state peak, within Eq. 1's bound); InfeasibleError if no candidate
     fits a tighter cap.
     """
@@ -202,5 +203,6 @@ def unroll(
         [("compact tight", compact_order(problem, timed_repeats(block, microbatches), limit))]
         if slot_block is not None
         else [],
+        extra,
     )
     return shortest(problem, candidates, name, cap=limit, interval=block.interval)

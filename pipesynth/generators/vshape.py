@@ -25,6 +25,7 @@ from pipesynth.generators import register
 from pipesynth.problem import Op, Problem
 from pipesynth.reorder import Variant, chain_position, greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
+from pipesynth.slotgrid import slot_grid_order
 from pipesynth.zbv import zbv_orders
 
 SLOTS = 6  # passes per device per microbatch: F, B, W of two chunks
@@ -154,17 +155,23 @@ def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, .
 
 
 def unroll_v(problem: Problem, name: str) -> Schedule:
-    """Build, repeat, squeeze and reorder the named block for the problem."""
+    """Build, repeat, squeeze and reorder the named block for the problem.
+
+    Besides `unroll`'s own candidates, the official implementation's plan of
+    the slot pattern (pipesynth.slotgrid) competes.
+    """
     slots = v_slots(problem, name)
     block = steady_block(problem, slots)
     cap = problem.cap or steady_peak(block)
+    unit = unit_block(problem, slots)
     return unroll(
         block,
         problem.microbatches,
         name=name,
         cap=cap,
         warmup_caps=warmup_splits(problem, cap),
-        slot_block=unit_block(problem, slots),
+        slot_block=unit,
+        extra=[("slot grid", slot_grid_order(unit.problem, unit.offsets, problem.microbatches))],
     )
 
 
