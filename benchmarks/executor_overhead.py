@@ -14,8 +14,6 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
-from pipesynth.runtime.delay import delay_stages
-
 from benchmarks.harness import (
     DelayConfig,
     build_schedule,
@@ -27,6 +25,7 @@ from benchmarks.harness import (
     write_results,
 )
 from pipesynth.generators import GENERATORS
+from pipesynth.runtime.delay import delay_stages
 from pipesynth.simulate import simulate
 
 

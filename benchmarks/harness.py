@@ -66,11 +66,18 @@ class DelayConfig:
         ]
 
 
-def build_schedule(name: str, config: DelayConfig, comm: float = 0.0) -> Schedule:
-    """Generator `name` on the delay workload's problem (two chunks per device for looped placements)."""
-    f, b, w = config.cost
-    chunks = 2 if GENERATORS[name].placement == "loop" else 1
-    return generate(name, config.devices, config.microbatches, chunks=chunks, cost={"F": f, "B": b, "W": w}, comm=comm)
+def build_schedule(name: str, config: DelayConfig) -> Schedule:
+    """Generator `name` on the delay workload's problem.
+
+    Looped placements get two chunks per device and V-shapes have two by
+    construction; their stages then cost half as much, so every schedule does
+    the same work per device and the step times compare across schedules.
+    """
+    placement = GENERATORS[name].placement
+    per_device = 2 if placement in ("loop", "v") else 1
+    f, b, w = (c / per_device for c in config.cost)
+    cost = {"F": f, "B": b, "W": w}
+    return generate(name, config.devices, config.microbatches, chunks=per_device, cost=cost)
 
 
 def delay_batch(config: DelayConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +152,8 @@ def our_step(
     schedule: Schedule, modules: dict[int, torch.nn.Module], batch: torch.Tensor, targets: torch.Tensor
 ) -> Callable[[], Any]:
     """A no-argument callable running one step of our executor on this rank's `modules`."""
-    from pipesynth.runtime import PipelineExecutor
     from pipesynth.runtime.delay import delay_loss
+    from pipesynth.runtime.executor import PipelineExecutor
 
     executor = PipelineExecutor(schedule, modules, delay_loss)
     return lambda: executor.step(batch, targets)

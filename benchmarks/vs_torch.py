@@ -17,8 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pipesynth.runtime.delay import delay_loss, delay_stages
-from pipesynth.runtime.torch_pipelining import TORCH_EQUIVALENTS, builtin_schedule, csv_schedule, torch_step
 
 from benchmarks.harness import (
     DelayConfig,
@@ -31,6 +29,8 @@ from benchmarks.harness import (
     write_results,
 )
 from pipesynth.generators import GENERATORS
+from pipesynth.runtime.delay import delay_loss, delay_stages
+from pipesynth.runtime.torch_pipelining import TORCH_EQUIVALENTS, builtin_schedule, csv_schedule, torch_step
 from pipesynth.schedule import Schedule
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipesynth.problem import Problem
+from pipesynth.runtime.split import _defer, accumulate
 
 
 class _Sleep(torch.autograd.Function):
@@ -33,14 +34,41 @@ class _Sleep(torch.autograd.Function):
         return grad, None, None
 
 
+class _WeightSleep(torch.autograd.Function):
+    """Identity on the weight whose backward sleeps `seconds`: the W pass.
+
+    Inside our executor's split B (split.deferring) the sleep and the
+    gradient are queued for W, like a split Linear's weight product; anywhere
+    else (torch's autograd-graph split, a fused backward) they run at once.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, seconds: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.weight, ctx.seconds = weight, seconds
+        return weight.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
+        weight, seconds = ctx.weight, ctx.seconds
+
+        def weight_grad(g: torch.Tensor) -> None:
+            time.sleep(seconds)
+            accumulate(weight, g)
+
+        if _defer(weight_grad, grad):
+            return None, None
+        time.sleep(seconds)
+        return grad, None
+
+
 class DelayStage(nn.Module):
     """One stage: forward sleeps `f`, input-gradient backward `b`, weight-gradient backward `w` (seconds).
 
     `out = sleep_fb(x + sleep_w(weight))`: the gradient reaching the input
     crosses only the first sleep node (B), the one reaching the weight only the
-    second (W). An executor that splits the backward along the autograd graph
-    (ours, or torch's stage_backward_input / stage_backward_weight) therefore
-    sleeps `b` in B and `w` in W; a fused backward sleeps `b + w`.
+    second (W), which our executor's split B defers to W (see _WeightSleep)
+    and torch's stage_backward_input leaves for stage_backward_weight. So B
+    sleeps `b`, W sleeps `w`, and a fused backward `b + w`.
     """
 
     def __init__(self, f: float, b: float, w: float, width: int = 4):
@@ -49,7 +77,7 @@ class DelayStage(nn.Module):
         self.weight = nn.Parameter(torch.zeros(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _Sleep.apply(self.weight, 0.0, self.w)
+        weight = _WeightSleep.apply(self.weight, self.w)
         return _Sleep.apply(x + weight, self.f, self.b)
 
     def extra_repr(self) -> str:

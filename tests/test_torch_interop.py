@@ -62,7 +62,7 @@ def grads_of(modules):
 
 
 def worker(rank, init, out, cases):
-    from pipesynth.runtime import PipelineExecutor
+    from pipesynth.runtime.executor import PipelineExecutor
     from pipesynth.runtime.torch_pipelining import csv_schedule, torch_step
 
     torch.set_num_threads(1)
@@ -113,7 +113,10 @@ def test_torch_runtime_on_exported_csv_matches_our_executor(runs, name, chunks):
     seen = set()
     for r in ranks:
         for key, g in r["torch_grads"].items():
-            torch_grad, our_grad = torch.tensor(g, dtype=torch.float64), torch.tensor(r["our_grads"][key]).double()
+            torch_grad, our_grad = (
+                torch.tensor(g, dtype=torch.float64),
+                torch.tensor(r["our_grads"][key], dtype=torch.float64),
+            )
             torch.testing.assert_close(our_grad, torch_grad, rtol=1e-10, atol=1e-13, msg=f"{name} {key}")
             torch.testing.assert_close(torch_grad, ref_grads[key], rtol=1e-10, atol=1e-13, msg=f"{name} {key}")
             seen.add(key)
