@@ -73,3 +73,48 @@ def random_order(problem, seed: int):
         done.add(key)
         order[problem.placement[key[1]]].append(key)
     return from_order(problem, order, f"random-{seed}")
+
+
+class Stall(nn.Module):
+    """A stage that sleeps far past any timeout (a hung peer)."""
+
+    def forward(self, x):
+        import time
+
+        if x.device.type != "meta":  # let the shape handshake through
+            time.sleep(60)
+        return x
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        if x.device.type != "meta":
+            raise RuntimeError("boom in stage forward")
+        return x
+
+
+def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
+    """Run one step with a fault injected; return this rank's error message (or None)."""
+    from pipesynth.runtime.executor import PipelineError
+
+    schedule = loads(schedule_text)
+    stages = schedule.problem.stages
+    parts = split_layers(mlp(stages, 4, seed=1), [1] * stages)
+    mine = {s: parts[s] for s in schedule.problem.stages_on(rank)}
+    if fault == "stall" and rank == 1:
+        mine = {s: Stall() for s in mine}
+    if fault == "raise" and rank == 1:
+        mine = {s: Boom() for s in mine}
+    if fault == "wrong-stages" and rank == 1:
+        mine[0] = parts[0]
+    m = schedule.problem.microbatches
+    x = torch.randn(m, 4, dtype=torch.float64)
+    y = torch.full((m, 4), float("nan")) if fault == "nan" else torch.randn(m, 4, dtype=torch.float64)
+    try:
+        executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=timeout)
+        executor.step(x, y)
+    except PipelineError as err:
+        if fault in ("wrong-stages", "world"):
+            return str(err)
+        raise
+    return None
