@@ -1,5 +1,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
+# Only the folders this checkout has (benchmarks/ arrives with the benchmarks).
+LINTED := $(wildcard pipesynth runtime tests benchmarks)
 
 .PHONY: install demo test lint schedules
 
@@ -11,6 +13,15 @@ install:
 demo: install
 	$(PYTHON) -m pipesynth.demo
 
-test: install
-	$(PYTHON) -m ruff check pipesynth runtime tests benchmarks
+test: install lint
 	$(PYTHON) -m pytest
+
+lint:
+	$(PYTHON) -m ruff check $(LINTED)
+
+# The checked-in schedule files for 4 devices and 8 microbatches, equal costs.
+schedules:
+	for name in gpipe 1f1b zb-h1 zb-h2; do \
+		$(PYTHON) -m pipesynth schedule $$name -d 4 -m 8 -o schedules/$$name-d4-m8.json || exit 1; \
+	done
+	$(PYTHON) -m pipesynth schedule interleaved-1f1b -d 4 -m 8 -v 2 -o schedules/interleaved-1f1b-d4-m8.json

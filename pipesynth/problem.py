@@ -6,6 +6,7 @@ rest of the code never has to care whether the user gave a scalar or a list.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -105,19 +106,24 @@ def placement_for(kind: str, devices: int, chunks: int = 1) -> tuple[int, ...]:
     raise PipesynthError(f"placement: unknown kind {kind!r}; expected one of {', '.join(PLACEMENTS)}")
 
 
-def per_stage(value: PerStage, stages: int, field: str) -> tuple[float, ...]:
-    """Broadcast a scalar to every stage, or check a list has one entry per stage."""
-    if isinstance(value, bool) or value is None:
-        raise PipesynthError(f"{field}: expected a number or a list of {stages} numbers, got {value!r}")
-    if isinstance(value, int | float):
-        return tuple(float(value) for _ in range(stages))
-    values = list(value)
-    if len(values) != stages:
-        raise PipesynthError(f"{field}: expected {stages} values (one per stage), got {len(values)}")
-    for i, v in enumerate(values):
+def per_stage(value: PerStage, count: int, field: str, per: str = "stage") -> tuple[float, ...]:
+    """Broadcast a scalar to every stage (or device), or check a list has one finite number each."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return tuple(_finite(value, field) for _ in range(count))
+    if not isinstance(value, list | tuple):
+        raise PipesynthError(f"{field}: expected a number or a list of {count} numbers, got {value!r}")
+    if len(value) != count:
+        raise PipesynthError(f"{field}: expected {count} values (one per {per}), got {len(value)}")
+    for i, v in enumerate(value):
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise PipesynthError(f"{field}[{i}]: expected a number, got {v!r}")
-    return tuple(float(v) for v in values)
+    return tuple(_finite(v, f"{field}[{i}]") for i, v in enumerate(value))
+
+
+def _finite(value: Number, field: str) -> float:
+    if not math.isfinite(value):
+        raise PipesynthError(f"{field}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def make_problem(
@@ -161,7 +167,7 @@ def make_problem(
 
 
 def per_device_cap(cap: Number | Sequence[Number], devices: int) -> tuple[float, ...]:
-    return per_stage(cap, devices, "memory.cap")
+    return per_stage(cap, devices, "memory.cap", per="device")
 
 
 def one_f_one_b_peak(problem: Problem) -> tuple[float, ...]:
@@ -243,16 +249,18 @@ def check_problem(problem: Problem) -> None:
         if len(values) != p.stages:
             raise PipesynthError(f"{name}: expected {p.stages} values (one per stage), got {len(values)}")
         for s, v in enumerate(values):
+            if not math.isfinite(v):
+                raise PipesynthError(f"{name}[{s}]: expected a finite number, got {v!r}")
             if v < 0:
                 raise PipesynthError(f"{name}[{s}]: must be non-negative, got {v:g}")
     for s, (act, kept) in enumerate(zip(p.activation, p.kept_for_w)):
         if kept > act:
             raise PipesynthError(f"memory.kept_for_w[{s}]: {kept:g} exceeds the activation {act:g}")
-    if p.comm < 0:
+    if not math.isfinite(p.comm) or p.comm < 0:
         raise PipesynthError(f"comm: must be non-negative, got {p.comm:g}")
     if p.cap is not None:
         if len(p.cap) != p.devices:
             raise PipesynthError(f"memory.cap: expected {p.devices} values (one per device), got {len(p.cap)}")
         for d, c in enumerate(p.cap):
-            if c < 0:
-                raise PipesynthError(f"memory.cap[{d}]: must be non-negative, got {c:g}")
+            if math.isnan(c) or c < 0:
+                raise PipesynthError(f"memory.cap[{d}]: must be a non-negative number, got {c:g}")

@@ -161,7 +161,7 @@ def problem_from_dict(data: Any, path: str = "problem.") -> Problem:
     cap = None
     if cap_value is not None:
         try:
-            cap = per_stage(cap_value, devices, f"{path}memory.cap")
+            cap = per_stage(cap_value, devices, f"{path}memory.cap", per="device")
         except PipesynthError as err:
             raise ScheduleFormatError(str(err)) from None
     units = _units(data, path)
@@ -223,6 +223,9 @@ def schedule_from_dict(data: Any) -> Schedule:
     raw_metrics = _get(data, "metrics", "", dict, required=False)
     if raw_metrics is not None:
         peak = _get(raw_metrics, "peak_memory", "metrics.", list)
+        for d, x in enumerate(peak):
+            if isinstance(x, bool) or not isinstance(x, NUMBER):
+                raise ScheduleFormatError(f"metrics.peak_memory[{d}]: expected a number, got {x!r}")
         metrics = Metrics(
             makespan=float(_get(raw_metrics, "makespan", "metrics.", NUMBER)),
             bubble_rate=float(_get(raw_metrics, "bubble_rate", "metrics.", NUMBER)),

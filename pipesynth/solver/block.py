@@ -1,0 +1,319 @@
+"""Block search: the best building block (DESIGN.md sections 3 and 4) by CP-SAT.
+
+At a fixed interval T, one variable per (op, stage) gives the pass's offset
+o = q*T + r in one microbatch's block, with 0 <= r < T. Copies of the block
+never collide when, on every device, each pass's interval [r, r+c) and its
+shifted twin [r+T, r+T+c) share one no-overlap constraint.
+
+Memory is the exact steady state, not the ceil bound of Eq. 1: a stage's
+activation is held in segments from the start of its F to the end of the pass
+that frees it (B frees `activation - kept_for_w`, W the rest). A segment of
+length l = qT + rho, seen from a moment whose phase is d after the segment's
+start modulo T, has q + [d < rho] live copies. Memory peaks right after an F
+(DESIGN.md counts memory in list order), so for every F on a device the sum
+over the device's segments, at that F's phase, must fit the cap.
+
+`search_block` finds the smallest T with a block (T from the work bound up;
+bisection where the work bound is infeasible), then the shortest block at it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from pipesynth.blocks import Block
+from pipesynth.problem import Op, Problem
+from pipesynth.schedule import from_order
+from pipesynth.simulate import simulate
+from pipesynth.solver.bounds import heads_and_tails, sequential_order
+from pipesynth.solver.greedy import first_greedy_block
+from pipesynth.solver.progress import Progress, SolverParams, report
+from pipesynth.solver.scaled import Scaled
+
+PassId = tuple[Op, int]
+
+
+@dataclass(frozen=True)
+class BlockModelResult:
+    """Outcome of one block model at one interval (integer, scaled units)."""
+
+    status: str  # "optimal", "feasible", "infeasible" or "unknown"
+    interval: int | None
+    offsets: dict[PassId, int] | None
+    length: int | None
+
+
+def solve_block(
+    scaled: Scaled,
+    interval: tuple[int, int],
+    params: SolverParams,
+    time_limit: float,
+    optimize: bool,
+    hint: tuple[int, dict[PassId, int]] | None = None,
+    horizon: int | None = None,
+) -> BlockModelResult:
+    """Find a block repeatable every T in `interval` (lo, hi).
+
+    With `optimize`, minimize T first and then the block's length; else stop
+    at the first block. A fixed T (lo == hi) keeps the model linear; a range
+    multiplies the copy counts by the variable T (CP-SAT linearizes products
+    of small domains), which lets a known block seed the search.
+    """
+    p = scaled.problem
+    lo, hi = interval
+    passes = scaled.passes()
+    lo = max(lo, max(scaled.c(*k) for k in passes))
+    if lo > hi:
+        return BlockModelResult("infeasible", None, None, None)
+    heads, tails = heads_and_tails_scaled(scaled)
+    chain = max(heads[k] + scaled.c(*k) + tails[k] for k in passes)
+    if horizon is None:
+        horizon = chain + len(passes) * hi  # generous: a block may wait up to T per pass
+    model = cp_model.CpModel()
+    T = lo if lo == hi else model.new_int_var(lo, hi, "T")
+
+    def times_t(q: cp_model.IntVar, name: str):
+        if isinstance(T, int):
+            return q * T
+        qt = model.new_int_var(0, horizon, name)
+        model.add_multiplication_equality(qt, [q, T])
+        return qt
+
+    off, rem = {}, {}
+    for op, s in passes:
+        c = scaled.c(op, s)
+        o = model.new_int_var(heads[(op, s)], max(heads[(op, s)], horizon - c - tails[(op, s)]), f"o_{op}{s}")
+        r = model.new_int_var(0, hi - 1, f"r_{op}{s}")
+        model.add(r <= T - 1)
+        q = model.new_int_var(0, horizon // lo, f"q_{op}{s}")
+        model.add(o == times_t(q, f"qT_{op}{s}") + r)
+        off[(op, s)], rem[(op, s)] = o, r
+    model.add(off[("F", 0)] == 0)
+    for a, b, delay in scaled.edges():
+        model.add(off[b] >= off[a] + scaled.c(*a) + delay)
+    for d in range(p.devices):
+        spans = []
+        for op, s in passes:
+            c = scaled.c(op, s)
+            if p.placement[s] == d and c > 0:
+                twin = model.new_int_var(lo, 2 * hi, f"t_{op}{s}")
+                model.add(twin == rem[(op, s)] + T)
+                spans.append(model.new_fixed_size_interval_var(rem[(op, s)], c, f"i_{op}{s}"))
+                spans.append(model.new_fixed_size_interval_var(twin, c, f"j_{op}{s}"))
+        model.add_no_overlap(spans)
+    if scaled.cap is not None:
+        add_periodic_memory(model, scaled, T, (lo, hi), off, rem, horizon, times_t)
+    length = model.new_int_var(0, horizon, "length")
+    for k in passes:
+        model.add(length >= off[k] + scaled.c(*k))
+    if optimize:
+        model.minimize(length if isinstance(T, int) else (horizon + 1) * T + length)
+    if hint:
+        hint_t, hint_off = hint
+        if not isinstance(T, int):
+            model.add_hint(T, hint_t)
+        for k, v in hint_off.items():
+            model.add_hint(off[k], v)
+    solver = params.solver(time_limit)
+    status = solver.solve(model)
+    name = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible"}
+    name = name.get(status, "unknown")
+    if name in ("optimal", "feasible"):
+        if not optimize:
+            name = "feasible"
+        t_val = T if isinstance(T, int) else solver.value(T)
+        return BlockModelResult(name, t_val, {k: solver.value(v) for k, v in off.items()}, solver.value(length))
+    return BlockModelResult(name, None, None, None)
+
+
+def add_periodic_memory(
+    model: cp_model.CpModel, scaled: Scaled, T, interval: tuple[int, int], off, rem, horizon: int, times_t
+) -> None:
+    """Exact steady-state memory after every F, per device, under its cap."""
+    p = scaled.problem
+    releases: list[Op] = ["B", "W"] if p.split_backward else ["B"]
+    lo, hi = interval
+    for d in range(p.devices):
+        mine = p.stages_on(d)
+        # (stage, amount, whole periods q, remainder rho) per segment of held activation
+        segments = []
+        for s in mine:
+            for op in releases:
+                amount = scaled.release(op, s)
+                if amount <= 0:
+                    continue
+                q = model.new_int_var(0, horizon // lo, f"lq_{op}{s}")
+                rho = model.new_int_var(0, hi - 1, f"lr_{op}{s}")
+                model.add(rho <= T - 1)
+                model.add(off[(op, s)] + scaled.c(op, s) - off[("F", s)] == times_t(q, f"lqT_{op}{s}") + rho)
+                segments.append((s, amount, q, rho))
+        phase = {}  # (f, s) -> (r_f - r_s) mod T
+        for f in mine:
+            for s in mine:
+                if f == s:
+                    phase[(f, s)] = 0
+                    continue
+                after = model.new_bool_var(f"after_{f}_{s}")
+                rf, rs = rem[("F", f)], rem[("F", s)]
+                ph = model.new_int_var(0, hi - 1, f"ph_{f}_{s}")
+                model.add(rf >= rs).only_enforce_if(after)
+                model.add(ph == rf - rs).only_enforce_if(after)
+                model.add(rf < rs).only_enforce_if(after.Not())
+                model.add(ph == rf - rs + T).only_enforce_if(after.Not())
+                phase[(f, s)] = ph
+        for f in mine:
+            terms = []
+            for s, amount, q, rho in segments:
+                live = model.new_bool_var(f"live_{f}_{s}")
+                # not counted as live only if the phase is past the remainder
+                model.add(rho <= phase[(f, s)]).only_enforce_if(live.Not())
+                terms.append(amount * (q + live))
+            model.add(sum(terms) <= scaled.cap[d])
+
+
+def heads_and_tails_scaled(scaled: Scaled) -> tuple[dict[PassId, int], dict[PassId, int]]:
+    heads, tails = heads_and_tails(scaled_problem(scaled))
+    return {k: round(v) for k, v in heads.items()}, {k: round(v) for k, v in tails.items()}
+
+
+def scaled_problem(scaled: Scaled) -> Problem:
+    """The problem with the integer costs (for the graph helpers)."""
+    from dataclasses import replace
+
+    f = [float(x) for x in scaled.cost["F"]]
+    b = [float(x) for x in scaled.cost["B"]]
+    w = [float(x) for x in scaled.cost["W"]]
+    return replace(scaled.problem, cost_f=tuple(f), cost_b=tuple(b), cost_w=tuple(w), comm=float(scaled.comm))
+
+
+def work_interval(scaled: Scaled) -> int:
+    """No interval can be shorter than any device's work for one microbatch."""
+    p = scaled.problem
+    per_device = [sum(scaled.c(op, s) for s in p.stages_on(d) for op in p.ops) for d in range(p.devices)]
+    return max([*per_device, *(scaled.c(*k) for k in scaled.passes())])
+
+
+@dataclass(frozen=True)
+class BlockSearch:
+    """Blocks found (real units), best interval first; status "optimal" if T is the smallest
+    and the block the shortest there. `others` are further candidates worth unrolling
+    (e.g. a uniform-slot block, which can squeeze below its interval)."""
+
+    block: Block
+    length: float
+    status: str
+    seconds: float
+    others: tuple[Block, ...] = ()
+
+
+def sequential_block(scaled: Scaled) -> dict[PassId, int]:
+    """One microbatch run alone through the whole chain (integer offsets): fits the least cap."""
+    from dataclasses import replace
+
+    one = replace(scaled_problem(scaled), microbatches=1)
+    sim = simulate(from_order(one, sequential_order(one), "sequential"))
+    return {(a.op, a.stage): round(a.start) for dev in sim.timed_schedule().actions for a in dev}
+
+
+def uniform_slot_block(scaled: Scaled, params: SolverParams, time_limit: float) -> tuple[int, dict[PassId, int]] | None:
+    """A block of the problem with every pass one slot long, stretched to real costs.
+
+    Slot = the longest pass; comm rounds up to whole slots. Stretching keeps
+    every dependency, collision and live copy count valid (each real pass
+    fits its slot), and the equal-cost model is easy for CP-SAT: this gives
+    the search a good upper interval where greedy placement does not.
+    """
+    from dataclasses import replace
+
+    slot = max(scaled.c(*k) for k in scaled.passes())
+    if slot <= 0:
+        return None
+    p = scaled.problem
+    ones = tuple(1.0 for _ in p.placement)
+    uniform = replace(
+        p,
+        cost_f=ones,
+        cost_b=ones,
+        cost_w=ones if p.split_backward else tuple(0.0 for _ in ones),
+        comm=float(-(-scaled.comm // slot)),
+        cap=None if scaled.cap is None else tuple(float(c) for c in scaled.cap),
+        activation=tuple(float(a) for a in scaled.activation),
+        kept_for_w=tuple(float(k) for k in scaled.kept),
+    )
+    found = search_block(uniform, params, time_limit, stretch=False)
+    ts = Scaled.of(uniform).time_scale
+    if found is None:
+        return None
+    return round(found.block.interval * ts) * slot, {k: round(v * ts) * slot for k, v in found.block.offsets.items()}
+
+
+def search_block(
+    problem: Problem,
+    params: SolverParams,
+    time_limit: float,
+    progress: Progress | None = None,
+    stretch: bool = True,
+) -> BlockSearch:
+    """The smallest interval with a block under the cap, then the shortest block there.
+
+    Upper intervals come from a greedy block and (with `stretch`, when costs
+    differ) a stretched uniform-slot block; fixed-T probes then bisect down
+    from the best of them towards the work bound. The result says "optimal"
+    only when every smaller T is proven infeasible and the block is the
+    shortest at its T.
+    """
+    start = time.monotonic()
+    scaled = Scaled.of(problem)
+    ts = scaled.time_scale
+    lo = work_interval(scaled)
+    seq = sequential_block(scaled)
+    hi = max(seq[k] + scaled.c(*k) for k in seq)
+    heads, tails = heads_and_tails_scaled(scaled)
+    chain = max(heads[k] + scaled.c(*k) + tails[k] for k in heads)
+    horizon = hi + chain
+
+    def left() -> float:
+        return max(0.05, time_limit - (time.monotonic() - start))
+
+    starts = [first_greedy_block(scaled, lo, hi) or (hi, seq)]
+    costs = {scaled.c(*k) for k in scaled.passes()}
+    if stretch and len(costs) > 1:
+        slotted = uniform_slot_block(scaled, params, 0.25 * time_limit)
+        if slotted is not None and slotted[0] <= hi:
+            starts.append(slotted)
+            horizon = max(horizon, max(slotted[1][k] + scaled.c(*k) for k in slotted[1]) + chain)
+    for T, _ in starts:
+        report(progress, "block", f"starting block at T={T / ts:g}", time.monotonic() - start)
+    known = min(starts, key=lambda b: b[0])
+    # Bisect T between the work bound and the best known interval, with
+    # fixed-T feasibility probes ("unknown" counts as no block).
+    below, probes = lo - 1, []
+    while known[0] - below > 1 and left() > 0.3 * time_limit and not params.stopped:
+        T = below + 1 if not probes else (below + known[0]) // 2
+        res = solve_block(scaled, (T, T), params, left() / 4, optimize=False, horizon=horizon)
+        probes.append((T, res.status))
+        report(progress, "block", f"T={T / ts:g}: {res.status}", time.monotonic() - start)
+        if res.offsets is not None:
+            known = (T, res.offsets)
+        else:
+            below = T
+    T = known[0]
+    best = solve_block(scaled, (T, T), params, left(), optimize=True, hint=known, horizon=horizon)
+    if best.offsets is None:
+        best = BlockModelResult("feasible", T, known[1], None)
+    proven = {t for t, st in probes if st == "infeasible"}
+    smallest = all(t in proven for t in range(lo, T))
+    length = max(best.offsets[k] + scaled.c(*k) for k in best.offsets)
+    status = "optimal" if best.status == "optimal" and smallest else "feasible"
+
+    def real(T: int, offsets: dict[PassId, int]) -> Block:
+        return Block(problem, T / ts, {k: v / ts for k, v in offsets.items()})
+
+    block = real(best.interval, best.offsets)
+    others = tuple(real(T, off) for T, off in starts)
+    news = f"T={block.interval:g}, block length {length / ts:g} ({status})"
+    report(progress, "block", news, time.monotonic() - start)
+    return BlockSearch(block, length / ts, status, time.monotonic() - start, others)
