@@ -37,6 +37,7 @@ from pipesynth.problem import Problem, make_problem, placement_for
 from pipesynth.runtime.executor import PipelineError, TensorMeta
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.split import WeightGradTask, deferring, make_splittable
+from pipesynth.schedule import Schedule
 from pipesynth.units import PROFILED
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -119,6 +120,29 @@ class ModelProfile:
             split_backward=split_backward,
         )
         return replace(problem, units=PROFILED)
+
+    def peak_bytes(self, schedule: Schedule) -> list[float]:
+        """Per device, the peak of the meter's level walked with the measured levels after F and after B.
+
+        Finer than the problem's memory rule (which cannot let B add bytes):
+        F adds the level after F, B moves it to the level after B, W frees
+        it (a fused B frees it all). For comparing with what the executor
+        measures; the planner keeps the problem's conservative rule.
+        """
+        peaks = []
+        for dev in schedule.actions:
+            level = peak = 0.0
+            for a in dev:
+                p = self.stages[a.stage]
+                if a.op == "F":
+                    level += p.after_f_bytes
+                elif a.op == "B":
+                    level += p.after_b_bytes - p.after_f_bytes if schedule.problem.split_backward else -p.after_f_bytes
+                else:
+                    level -= p.after_b_bytes
+                peak = max(peak, level)
+            peaks.append(peak)
+        return peaks
 
 
 def _numel(shape: tuple[int, ...]) -> int:
