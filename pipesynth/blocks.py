@@ -10,12 +10,15 @@ Memory").
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from pipesynth.problem import Op, Problem
-from pipesynth.schedule import Schedule, from_order
-from pipesynth.simulate import dependencies
+from pipesynth.reorder import compact_order, greedy_portfolio, shortest
+from pipesynth.schedule import Action, Schedule
+from pipesynth.simulate import dependencies, memory_levels
 
 EPS = 1e-9
 PassId = tuple[Op, int]  # (op, stage) of one microbatch
@@ -102,18 +105,74 @@ def memory_bound(block: Block) -> tuple[float, ...]:
 
 def repeated_order(block: Block, microbatches: int) -> list[list[tuple[Op, int, int]]]:
     """Each device's passes ordered by their start when the block repeats every T."""
-    p, T = block.problem, block.interval
-    order: list[list[tuple[float, int, tuple[Op, int, int]]]] = [[] for _ in range(p.devices)]
-    for (op, s), start in block.offsets.items():
+    rank = block_rank(block)
+    order: list[list[tuple[Op, int, int]]] = [[] for _ in range(block.problem.devices)]
+    for op, s in block.offsets:
         for j in range(microbatches):
-            order[p.placement[s]].append((start + j * T, s, (op, s, j)))
-    return [[key for _t, _s, key in sorted(dev)] for dev in order]
+            order[block.problem.placement[s]].append((op, s, j))
+    return [sorted(dev, key=lambda k: rank(*k)) for dev in order]
 
 
-def unroll(block: Block, microbatches: int, name: str = "block", cap: tuple[float, ...] | None = None) -> Schedule:
-    """Repeat the block for `microbatches` microbatches, squeeze, and time it."""
-    from dataclasses import replace
+def block_rank(block: Block) -> Callable[[Op, int, int], tuple[float, int]]:
+    """Sort key of a pass in the repeated block: its start, then its stage."""
+    return lambda op, s, j: (block.offsets[(op, s)] + j * block.interval, s)
 
+
+def steady_peak(block: Block) -> tuple[float, ...]:
+    """Per device: the peak memory of the repeated order once it is in steady state."""
+    copies = max(live_copies(block)) + 2
+    problem = replace(block.problem, microbatches=copies)
+    order = repeated_order(block, copies)
+    return tuple(max([0.0, *memory_levels(problem, [Action(*k) for k in dev])]) for dev in order)
+
+
+def stage_peak(block: Block) -> tuple[int, ...]:
+    """Per stage: the most microbatches alive at once in the steady-state repeated order."""
+    p = block.problem
+    copies = max(live_copies(block)) + 2
+    last = "W" if p.split_backward else "B"
+    peak = [0] * p.stages
+    for dev in repeated_order(block, copies):
+        live = [0] * p.stages
+        for op, s, _j in dev:
+            live[s] += 1 if op == "F" else -1 if op == last else 0
+            peak[s] = max(peak[s], live[s])
+    return tuple(peak)
+
+
+def unroll(
+    block: Block,
+    microbatches: int,
+    name: str = "block",
+    cap: Sequence[float] | None = None,
+    warmup_caps: Sequence[Sequence[int] | None] = (None,),
+    slot_block: Block | None = None,
+) -> Schedule:
+    """Repeat the block for `microbatches` microbatches, squeeze, and reorder.
+
+    Candidates (pipesynth.reorder), the shortest wins: the plain repeated
+    order, squeezed by list scheduling; the paper's reorder (`compact_order`)
+    of the repeats of `slot_block` (the same pattern with its own costs, e.g.
+    the paper's unit slots, reordered there and then timed with the real
+    costs as the paper does; default the block itself); and memory-capped greedy
+    list schedules with the block's order as tie-break, with and without the
+    block's per-stage memory, and each of `warmup_caps` (per-stage limits
+    before a device's first B). No candidate lets a device's memory exceed
+    `cap` (default: the block's steady-state peak, within Eq. 1's bound).
+    """
     problem = replace(block.problem, microbatches=microbatches)
-    order = repeated_order(block, microbatches)
-    return from_order(problem, order, name, interval=block.interval)
+    limit = tuple(steady_peak(block) if cap is None else cap)
+    pattern = slot_block or block
+    timed = [
+        (pattern.offsets[(op, s)] + j * pattern.interval, (op, s, j))
+        for op, s in pattern.offsets
+        for j in range(microbatches)
+    ]
+    candidates = itertools.chain(
+        [
+            ("repeat", repeated_order(block, microbatches)),
+            ("compact", compact_order(replace(pattern.problem, microbatches=microbatches), timed, limit)),
+        ],
+        greedy_portfolio(problem, limit, block_rank(block), (None, stage_peak(block)), warmup_caps),
+    )
+    return shortest(problem, candidates, name, interval=block.interval)

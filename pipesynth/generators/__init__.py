@@ -86,3 +86,4 @@ def generate(name: str, devices: int, microbatches: int, **options) -> Schedule:
 from pipesynth.generators import linear  # noqa: E402,F401,I001  (first: gpipe and 1f1b lead `pipesynth list`)
 from pipesynth.generators import interleaved  # noqa: E402,F401
 from pipesynth.generators import zero_bubble  # noqa: E402,F401
+from pipesynth.generators import vshape  # noqa: E402,F401

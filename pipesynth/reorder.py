@@ -1,0 +1,251 @@
+"""Turning a repeated pattern into a good full schedule: reordering under a memory cap.
+
+Warm-up and cool-down are where a repeated block leaves idle time: few
+microbatches are in flight, so memory is spare. Two ways to use it, both
+never letting a device's memory exceed its cap:
+
+- `compact_order`: the paper's reorder. Walk the repeated passes in time
+  order and move each one to the earliest idle gap on its device that its
+  inputs and (for F) memory allow.
+- `greedy_order`: a memory-capped list scheduler. Over all devices, run the
+  pass that can start first; tie-breaks, per-stage budgets and patience
+  (waiting for an F or B rather than starting a W that would delay it) are
+  options, because which of them wins depends on costs and comm.
+
+`shortest` times every candidate order and keeps the shortest.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from pipesynth.errors import InfeasibleError
+from pipesynth.problem import Op, Problem
+from pipesynth.schedule import Schedule, from_order
+from pipesynth.simulate import dependencies, memory_delta
+
+EPS = 1e-9
+PassKey = tuple[Op, int, int]
+Order = list[list[PassKey]]
+Key = Callable[[Op, int, int], tuple]
+Rank = Callable[[Op, int, int], tuple]
+PATIENCE = ("", "w", "all")
+
+
+def successors(problem: Problem, op: Op, stage: int, mb: int) -> list[PassKey]:
+    """The passes that depend directly on (op, stage, mb)."""
+    if op == "F":
+        out: list[PassKey] = [("B", stage, mb)]
+        return out + ([("F", stage + 1, mb)] if stage + 1 < problem.stages else [])
+    if op == "B":
+        out = [("W", stage, mb)] if problem.split_backward else []
+        return out + ([("B", stage - 1, mb)] if stage > 0 else [])
+    return []
+
+
+def greedy_keys(rank: Rank) -> dict[str, Key]:
+    """Tie-breaks: which of the passes that can start at once goes first.
+
+    `rank` is the reference order (a block's repeated start times, or the
+    microbatch then its position along the pipeline).
+    """
+    fbw = {"F": 0, "B": 1, "W": 2}
+    bfw = {"B": 0, "F": 1, "W": 2}
+    return {
+        "rank": rank,
+        "fbw": lambda op, s, j: (fbw[op], rank(op, s, j)),
+        "bfw": lambda op, s, j: (bfw[op], rank(op, s, j)),
+        "fbw-oldest": lambda op, s, j: (fbw[op], j, rank(op, s, j)),
+        "bfw-oldest": lambda op, s, j: (bfw[op], j, rank(op, s, j)),
+    }
+
+
+def greedy_order(
+    problem: Problem,
+    cap: Sequence[float],
+    key: Key,
+    stage_cap: Sequence[int] | None = None,
+    patience: str = "",
+    warmup_cap: Sequence[int] | None = None,
+) -> Order:
+    """A memory-capped list schedule, as per-device orders.
+
+    Repeatedly runs, over all devices, the pass that can start first (ties:
+    smallest `key`); each (op, stage) runs its microbatches in order. An F
+    may run only if its device stays within `cap` while keeping room for one
+    microbatch of each of its other stages that holds none (so the oldest
+    microbatch can always move on: no memory deadlock) and its stage holds
+    fewer microbatches than `stage_cap` (`warmup_cap` until the device's
+    first B). `patience`: "w" lets a W wait rather than delay a pending F or
+    B; "all" lets any pass run ahead of the best-keyed one only if it ends
+    before that one can start. Each device's best candidate is cached and
+    recomputed only when something it depends on changes.
+    """
+    p, m = problem, problem.microbatches
+    nxt = {(op, s): 0 for s in range(p.stages) for op in p.ops}
+    end: dict[PassKey, float] = {}
+    ready: dict[tuple[Op, int], float | None] = {}
+    free = [0.0] * p.devices
+    level = [0.0] * p.devices
+    live = [0] * p.stages  # microbatches holding activation on each stage
+    warm = [True] * p.devices  # no B has run on the device yet
+    order: Order = [[] for _ in range(p.devices)]
+    streams = [[(op, s) for s in p.stages_on(d) for op in p.ops] for d in range(p.devices)]
+    last = "W" if p.split_backward else "B"
+
+    def stream_ready(op: Op, s: int) -> float | None:
+        """When the stream's next pass has its inputs, or None if not known yet."""
+        j = nxt[(op, s)]
+        if j >= m:
+            return None
+        t = 0.0
+        for dep in dependencies(p, op, s, j):
+            if dep not in end:
+                return None
+            hop = p.comm if p.placement[dep[1]] != p.placement[s] else 0.0
+            t = max(t, end[dep] + hop)
+        return t
+
+    def room_for_f(d: int, s: int) -> bool:
+        limit = warmup_cap if warm[d] and warmup_cap is not None else stage_cap
+        if limit is not None and live[s] >= limit[s]:
+            return False
+        reserve = sum(p.activation[t] for t in p.stages_on(d) if t != s and live[t] == 0)
+        return level[d] + p.activation[s] + reserve <= cap[d] + EPS
+
+    def device_best(d: int) -> tuple | None:
+        cands = []
+        for op, s in streams[d]:
+            r = ready[(op, s)]
+            if r is None or (op == "F" and not room_for_f(d, s)):
+                continue
+            j = nxt[(op, s)]
+            cands.append((max(free[d], r), key(op, s, j), (op, s, j)))
+        if patience == "w":
+            soon = min((c[0] for c in cands if c[2][0] != "W"), default=math.inf)
+            cands = [c for c in cands if c[2][0] != "W" or c[0] + p.cost("W", c[2][1]) <= soon + EPS]
+        elif patience == "all" and cands:
+            top = min(cands, key=lambda c: c[1])
+            cands = [c for c in cands if c is top or c[0] + p.cost(c[2][0], c[2][1]) <= top[0] + EPS]
+        return min(cands, default=None, key=lambda c: c[:2])
+
+    for op, s in nxt:
+        ready[(op, s)] = stream_ready(op, s)
+    best = [device_best(d) for d in range(p.devices)]
+    for _ in range(m * len(nxt)):
+        choices = [(b[:2], d) for d, b in enumerate(best) if b is not None]
+        if not choices:
+            raise InfeasibleError(f"memory cap {tuple(cap)} leaves no pass able to run")
+        d = min(choices)[1]
+        start, _key, (op, s, j) = best[d]
+        end[(op, s, j)] = free[d] = start + p.cost(op, s)
+        nxt[(op, s)] += 1
+        level[d] += memory_delta(p, op, s)
+        live[s] += 1 if op == "F" else -1 if op == last else 0
+        warm[d] = warm[d] and op != "B"
+        order[d].append((op, s, j))
+        touched = {d}
+        ready[(op, s)] = stream_ready(op, s)
+        for sop, ss, sj in successors(p, op, s, j):
+            if nxt[(sop, ss)] == sj:
+                ready[(sop, ss)] = stream_ready(sop, ss)
+                touched.add(p.placement[ss])
+        for t in touched:
+            best[t] = device_best(t)
+    return order
+
+
+def greedy_portfolio(
+    problem: Problem,
+    cap: Sequence[float],
+    rank: Rank,
+    stage_caps: Iterable[Sequence[int] | None] = (None,),
+    warmup_caps: Iterable[Sequence[int] | None] = (None,),
+) -> Iterator[tuple[str, Order]]:
+    """`greedy_order` under every combination of the options, labelled; caps too tight are skipped."""
+    combos = itertools.product(enumerate(warmup_caps), enumerate(stage_caps), greedy_keys(rank).items(), PATIENCE)
+    for (wi, warm), (si, stage), (key_name, key), patience in combos:
+        try:
+            order = greedy_order(problem, cap, key, stage, patience, warm)
+        except InfeasibleError:
+            continue
+        yield f"greedy key={key_name} patience={patience or 'none'} stage_cap#{si} warmup_cap#{wi}", order
+
+
+def compact_order(problem: Problem, timed: Sequence[tuple[float, PassKey]], cap: Sequence[float]) -> Order:
+    """Move passes of a collision-free timed pattern earlier into idle gaps (the paper's reorder).
+
+    `timed` lists every pass with its start in the repeated pattern (no two
+    overlap on a device, inputs end before use, as a valid block's repeats
+    give). In start order, each pass moves to the earliest gap on its device
+    that fits it after its inputs; an F only as early as keeps the device's
+    memory, over the time it moves across, within `cap`.
+    """
+    p = problem
+    timed = sorted(timed, key=lambda tk: (tk[0], tk[1][1]))
+    events: list[list[tuple[float, float]]] = [[] for _ in range(p.devices)]  # (start, memory delta)
+    for t, (op, s, _j) in timed:
+        events[p.placement[s]].append((t, memory_delta(p, op, s)))
+    for ev in events:
+        ev.sort()
+    busy: list[list[tuple[float, float]]] = [[] for _ in range(p.devices)]
+    final: dict[PassKey, tuple[float, float]] = {}
+    for t, (op, s, j) in timed:
+        d, cost = p.placement[s], p.cost(op, s)
+        lo = 0.0
+        for dep in dependencies(p, op, s, j):
+            lo = max(lo, final[dep][1] + (p.comm if p.placement[dep[1]] != d else 0.0))
+        if op == "F":
+            lo = max(lo, memory_floor(events[d], t, p.activation[s], cap[d]))
+        g = first_gap(busy[d], lo, cost, t)
+        final[(op, s, j)] = (g, g + cost)
+        bisect.insort(busy[d], (g, g + cost))
+        delta = memory_delta(p, op, s)
+        if g < t and delta:
+            events[d].remove((t, delta))
+            bisect.insort(events[d], (g, delta))
+    order: Order = [[] for _ in range(p.devices)]
+    for k, _span in sorted(final.items(), key=lambda kv: (kv[1][0], kv[0][1])):
+        order[p.placement[k[1]]].append(k)
+    return order
+
+
+def memory_floor(events: list[tuple[float, float]], t: float, add: float, cap: float) -> float:
+    """Earliest time from which adding `add` until `t` keeps the level within `cap`."""
+    k = bisect.bisect_left(events, (t - EPS, -math.inf))
+    level = sum(delta for _, delta in events[:k])
+    floor = t
+    while k > 0 and level + add <= cap + EPS:
+        floor = events[k - 1][0]
+        level -= events[k - 1][1]
+        k -= 1
+    return -math.inf if k == 0 and level + add <= cap + EPS else floor
+
+
+def first_gap(busy: list[tuple[float, float]], lo: float, need: float, limit: float) -> float:
+    """Start of the first idle gap of length `need` at or after `lo`; `limit` if none before it."""
+    g = lo
+    for a, b in busy:
+        if b <= g + EPS:
+            continue
+        if a >= g + need - EPS:
+            break
+        g = b
+        if g > limit:
+            return limit
+    return min(g, limit)
+
+
+def shortest(problem: Problem, candidates: Iterable[tuple[str, Order]], name: str, **provenance) -> Schedule:
+    """Time every candidate order; the one with the smallest makespan (the first on ties)."""
+    best: Schedule | None = None
+    for label, order in candidates:
+        s = from_order(problem, order, name, reorder=label, **provenance)
+        if best is None or s.metrics.makespan < best.metrics.makespan - EPS:
+            best = s
+    if best is None:
+        raise InfeasibleError(f"{name}: no order fits the memory cap")
+    return best
