@@ -10,10 +10,12 @@ counts. The problem comes out in microseconds and bytes (`Units(time="us",
 memory="bytes")`).
 
 Memory after B is often *more* than after F: a split layer keeps its output
-gradient for W on top of its input. DESIGN.md's memory rule has B only
-release, so the problem sets `activation` to the larger of the two and
-`kept_for_w` to the level after B: the simulated level is then exact after
-B and never below the real one before it, so a planned cap holds.
+gradient for W on top of its input, and during B those gradients pile up
+before autograd frees the graph. DESIGN.md's memory rule has B only
+release, so the problem sets `activation` to the highest level seen from F
+to the end of B, and `kept_for_w` to the level after B: the simulated level
+is then exact after B and never below the real one before, so a planned cap
+holds (`ModelProfile.peak_bytes` walks the finer three levels).
 
 Profiling switches the stages' Linear / LayerNorm / Embedding layers to
 their split twins in place (as the executor would) and leaves every
@@ -52,13 +54,14 @@ class StageProfile:
     backward_us: float  # B: the input gradient (weight gradients deferred to W)
     weight_us: float
     after_f_bytes: int  # saved activations held once F has run
+    during_b_bytes: int  # the highest level while B runs (the graph not yet freed, W's gradients kept)
     after_b_bytes: int  # still held (plus output gradients kept for W) once B has run
     output: TensorMeta | None  # what this stage sends on (None for the last stage)
 
     @property
     def activation_bytes(self) -> int:
         """The problem's `activation`: what a microbatch holds at most between F and W."""
-        return max(self.after_f_bytes, self.after_b_bytes)
+        return max(self.after_f_bytes, self.during_b_bytes, self.after_b_bytes)
 
     @property
     def output_bytes(self) -> int:
@@ -125,9 +128,10 @@ class ModelProfile:
         """Per device, the peak of the meter's level walked with the measured levels after F and after B.
 
         Finer than the problem's memory rule (which cannot let B add bytes):
-        F adds the level after F, B moves it to the level after B, W frees
-        it (a fused B frees it all). For comparing with what the executor
-        measures; the planner keeps the problem's conservative rule.
+        F adds the level after F, B peaks at the level during B and leaves
+        the level after B, W frees it (a fused B frees it all). For
+        comparing with what the executor measures; the planner keeps the
+        problem's conservative rule.
         """
         peaks = []
         for dev in schedule.actions:
@@ -136,8 +140,11 @@ class ModelProfile:
                 p = self.stages[a.stage]
                 if a.op == "F":
                     level += p.after_f_bytes
+                elif a.op == "B" and not schedule.problem.split_backward:
+                    level -= p.after_f_bytes
                 elif a.op == "B":
-                    level += p.after_b_bytes - p.after_f_bytes if schedule.problem.split_backward else -p.after_f_bytes
+                    peak = max(peak, level + p.during_b_bytes - p.after_f_bytes)
+                    level += p.after_b_bytes - p.after_f_bytes
                 else:
                     level -= p.after_b_bytes
                 peak = max(peak, level)
@@ -195,7 +202,7 @@ def _profile_stage(
     meter = ActivationMeter()
     meter.exclude([*module.parameters(), *module.buffers()])
     times: dict[str, list[float]] = {"F": [], "B": [], "W": []}
-    after_f = after_b = 0
+    after_f = during_b = after_b = 0
     output: torch.Tensor | None = None
     grad_out: torch.Tensor | None = None
     for rep in range(warmup + repeats):
@@ -221,6 +228,7 @@ def _profile_stage(
             output = out.detach()
             grad_out = None if last else torch.ones_like(output)
         after_f = meter.level - base
+        meter.reset_peak()
         queue: list[WeightGradTask] = []
         _sync(device)
         t2 = time.perf_counter()
@@ -230,6 +238,7 @@ def _profile_stage(
         t3 = time.perf_counter()
         del out
         after_b = meter.level - base
+        during_b = meter.peak - base
         while queue:
             queue.pop(0)()
         _sync(device)
@@ -239,7 +248,7 @@ def _profile_stage(
             times["B"].append(t3 - t2)
             times["W"].append(t4 - t3)
     med = {op: statistics.median(v) * 1e6 for op, v in times.items()}
-    profile = StageProfile(stage, med["F"], med["B"], med["W"], after_f, max(after_b, 0), meta)
+    profile = StageProfile(stage, med["F"], med["B"], med["W"], after_f, during_b, max(after_b, 0), meta)
     return profile, output
 
 
