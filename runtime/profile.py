@@ -262,7 +262,7 @@ def profile_stages(
     warmup: int = 3,
     threads: int | None = None,
     comm: float | None = None,
-    comm_iters: int = 50,
+    comm_iters: int = 100,
 ) -> ModelProfile:
     """Profile `stages` (in pipeline order) on their current device with one microbatch.
 
@@ -316,8 +316,13 @@ def _numel_of(meta: TensorMeta) -> int:
     return _numel(meta.shape)
 
 
-def measure_comm(meta: TensorMeta, device: str = "cpu", iters: int = 50, warmup: int = 5) -> float:
-    """One-way P2P latency (us) of a tensor like `meta` between two local ranks: median half round trip.
+def measure_comm(meta: TensorMeta, device: str = "cpu", iters: int = 100, warmup: int = 5) -> float:
+    """One-way P2P latency (us) of a tensor like `meta` between two local ranks: mean half round trip.
+
+    The mean (of the middle 80%) rather than the median: latencies add up
+    along a pipeline's critical path, and on a busy machine they are
+    bimodal (the transfer alone, or the transfer plus a wake-up delay of a
+    scheduler tick), where the median jumps between the two modes.
 
     gloo on CPU; NCCL on CUDA, which needs two visible GPUs. The two ranks
     start from a fresh interpreter, so the caller needs no `__main__` guard
@@ -325,7 +330,8 @@ def measure_comm(meta: TensorMeta, device: str = "cpu", iters: int = 50, warmup:
     """
     if device == "cuda" and torch.cuda.device_count() < 2:
         raise PipesynthError(
-            "comm: measuring NCCL latency needs two visible GPUs; pass comm= (microseconds) to profile_stages"
+            "comm: measuring NCCL latency needs two visible GPUs; give it in microseconds "
+            "(comm= for profile_stages, --comm for pipesynth profile)"
         )
     dtype = str(meta.dtype).removeprefix("torch.")
     code = (
@@ -357,4 +363,6 @@ def _ping(rank: int, world: int, device: torch.device, shape, dtype, iters: int,
         _sync(device)
         if i >= warmup:
             trips.append(time.perf_counter() - t0)
-    return statistics.median(trips) / 2 * 1e6
+    trips.sort()
+    cut = len(trips) // 10
+    return statistics.fmean(trips[cut : len(trips) - cut]) / 2 * 1e6
