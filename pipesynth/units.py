@@ -64,9 +64,3 @@ def format_bytes(value: float) -> str:
             return f"{size / scale:.4g} {suffix} ({size:.0f} bytes)"
     return f"{size:.0f} bytes"
 
-
-def format_memory(value: float, units: Units | None) -> str:
-    """A memory amount in the problem's units: bytes when it says so, else plain units."""
-    if units is not None and units.bytes:
-        return format_bytes(value)
-    return f"{value:g} units"

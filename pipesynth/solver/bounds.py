@@ -6,13 +6,12 @@ whatever the solver finds.
 
 from __future__ import annotations
 
-import functools
 from functools import cache
 
 from pipesynth.errors import InfeasibleError
 from pipesynth.problem import Op, Problem
 from pipesynth.simulate import dependencies
-from pipesynth.units import format_memory
+from pipesynth.units import format_bytes
 
 
 def _delay(problem: Problem, a: int, b: int) -> float:
@@ -76,11 +75,13 @@ def check_cap(problem: Problem) -> None:
     need = smallest_feasible_cap(problem)
     for d, (cap, least) in enumerate(zip(problem.cap, need)):
         if cap < least - 1e-9:
-            show = functools.partial(format_memory, units=problem.units)
+            in_bytes = problem.units is not None and problem.units.bytes
+            show = format_bytes if in_bytes else (lambda x: f"{x:g}")
             smallest = show(need[0]) if len(set(need)) == 1 else "[" + ", ".join(show(x) for x in need) + "]"
+            fits = show(cap) if in_bytes else f"{cap:g} units"
+            uniform = f" (one budget for every device: at least {show(max(need))})" if in_bytes else ""
             raise InfeasibleError(
-                f"infeasible: no schedule fits {show(cap)} on device {d}; the smallest feasible cap is "
-                f"{smallest} (one budget for every device: at least {show(max(need))})"
+                f"infeasible: no schedule fits {fits} on device {d}; the smallest feasible cap is {smallest}{uniform}"
             )
 
 
