@@ -18,9 +18,9 @@ never letting a device's memory exceed its cap:
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from pipesynth.errors import InfeasibleError
 from pipesynth.problem import Op, Problem
@@ -158,21 +158,42 @@ def greedy_order(
     return order
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One setting of `greedy_order`: tie-break, patience, and which per-stage limits apply.
+
+    `stage_cap` and `warmup` index the candidate lists given to
+    `greedy_portfolio` (0: none).
+    """
+
+    key: str
+    patience: str = ""
+    stage_cap: int = 0
+    warmup: int = 0
+
+    def __str__(self) -> str:
+        wait = self.patience or "none"
+        return f"greedy key={self.key} patience={wait} stage_cap#{self.stage_cap} warmup#{self.warmup}"
+
+
 def greedy_portfolio(
     problem: Problem,
     cap: Sequence[float],
     rank: Rank,
-    stage_caps: Iterable[Sequence[int] | None] = (None,),
-    warmup_caps: Iterable[Sequence[int] | None] = (None,),
+    variants: Iterable[Variant],
+    stage_caps: Sequence[Sequence[int] | None] = (None,),
+    warmup_caps: Sequence[Sequence[int] | None] = (None,),
 ) -> Iterator[tuple[str, Order]]:
-    """`greedy_order` under every combination of the options, labelled; caps too tight are skipped."""
-    combos = itertools.product(enumerate(warmup_caps), enumerate(stage_caps), greedy_keys(rank).items(), PATIENCE)
-    for (wi, warm), (si, stage), (key_name, key), patience in combos:
+    """`greedy_order` under each variant, labelled; variants whose limits are absent or too tight are skipped."""
+    keys = greedy_keys(rank)
+    for v in variants:
+        if v.stage_cap >= len(stage_caps) or v.warmup >= len(warmup_caps):
+            continue
         try:
-            order = greedy_order(problem, cap, key, stage, patience, warm)
+            order = greedy_order(problem, cap, keys[v.key], stage_caps[v.stage_cap], v.patience, warmup_caps[v.warmup])
         except InfeasibleError:
             continue
-        yield f"greedy key={key_name} patience={patience or 'none'} stage_cap#{si} warmup_cap#{wi}", order
+        yield str(v), order
 
 
 def compact_order(problem: Problem, timed: Sequence[tuple[float, PassKey]], cap: Sequence[float]) -> Order:
@@ -240,10 +261,15 @@ def first_gap(busy: list[tuple[float, float]], lo: float, need: float, limit: fl
 
 
 def shortest(problem: Problem, candidates: Iterable[tuple[str, Order]], name: str, **provenance) -> Schedule:
-    """Time every candidate order; the one with the smallest makespan (the first on ties)."""
+    """Time every candidate order; the one with the smallest makespan (the first on ties).
+
+    Orders that break `problem.cap` are passed over.
+    """
     best: Schedule | None = None
     for label, order in candidates:
         s = from_order(problem, order, name, reorder=label, **provenance)
+        if problem.cap is not None and any(pk > c + EPS for pk, c in zip(s.metrics.peak_memory, problem.cap)):
+            continue
         if best is None or s.metrics.makespan < best.metrics.makespan - EPS:
             best = s
     if best is None:

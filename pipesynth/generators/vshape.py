@@ -22,6 +22,7 @@ from pipesynth.blocks import Block, block_violations, live_copies, repeated_orde
 from pipesynth.errors import PipesynthError
 from pipesynth.generators import register
 from pipesynth.problem import Problem
+from pipesynth.reorder import Variant, greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
 from pipesynth.simulate import simulate
 
@@ -83,7 +84,7 @@ def unit_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
 
 def steady_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
     """The block a slot pattern settles into once repeated and squeezed (see module doc)."""
-    unit = max(max(problem.cost_f), max(problem.cost_b), max(problem.cost_w)) + problem.comm
+    unit = max(max(problem.cost_f), max(problem.cost_b), max(problem.cost_w)) + problem.comm or 1.0
     wide = Block(problem, SLOTS * unit, {k: v * unit for k, v in slot.items()})
     copies = max(live_copies(wide))
     m = 4 * copies + 8
@@ -104,16 +105,19 @@ def steady_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
     return wide
 
 
+BLOCKS = ("v-min", "v-half", "v-zb")
+
+
 def v_slots(problem: Problem, name: str) -> dict[tuple[str, int], int]:
-    """The named paper block's slots (`v-min`, `v-half`, `v-zb`)."""
+    """The named paper block's slots (one of BLOCKS)."""
+    if name not in BLOCKS:
+        raise PipesynthError(f"block: no building block named {name!r}; blocks: {', '.join(BLOCKS)}")
     d = check_v(problem, name)
     if name == "v-min":
         return slot_offsets(d, v_min_slots)
     if name == "v-half":
         return slot_offsets(d, v_half_slots)
-    if name == "v-zb":
-        return slot_offsets(d, v_min_slots, v_zb_delay(d))
-    raise PipesynthError(f"block: unknown V-shape block {name!r}; expected v-min, v-half or v-zb")
+    return slot_offsets(d, v_half_slots, v_zb_delay(d))
 
 
 def v_block(problem: Problem, name: str) -> Block:
@@ -122,12 +126,12 @@ def v_block(problem: Problem, name: str) -> Block:
 
 
 def v_zb_delay(d: int) -> tuple[int, int]:
-    """W delays that bring V-Min's block up to 1F1B's memory (2D chunk units)."""
-    spare = 2 * d - 2 * math.floor((d + 4) / 3)
+    """W delays that bring V-Half's block up to 1F1B's memory (2D chunk units)."""
+    spare = 2 * d - 2 * math.floor((d + 2) / 2)
     return spare - spare // 2, spare // 2
 
 
-def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, ...] | None]:
+def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, ...]]:
     """Per-stage limits to try before each device's first B: how its memory is shared by its two chunks.
 
     Device i can hold cap_i microbatches of its chunks (equal activations
@@ -136,7 +140,7 @@ def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, .
     warm-up); we also try one fewer, one more and half.
     """
     d = problem.devices
-    splits: list[tuple[int, ...] | None] = [None]
+    splits: list[tuple[int, ...]] = []
     for rule in (-1, 0, 1, "half"):
         limits = [0] * problem.stages
         for i in range(d):
@@ -176,3 +180,30 @@ def v_half(problem: Problem) -> Schedule:
 @register("v-zb", "zero-bubble V-shape block at 1F1B's memory (Qi et al. 2024)", "v")
 def v_zb(problem: Problem) -> Schedule:
     return unroll_v(problem, "v-zb")
+
+
+@register("zb-v", "Zero Bubble's V schedule: memory-capped greedy, 1F1B's memory by default (Qi et al. 2023)", "v")
+def zb_v(problem: Problem) -> Schedule:
+    """No block: the greedy list scheduler alone, under `problem.cap` (default 2D chunk units)."""
+    d = check_v(problem, "zb-v")
+    cap = problem.cap or tuple(d * problem.device_activation(i) for i in range(d))
+    stages = problem.stages
+
+    def rank(op: str, s: int, j: int) -> tuple[int, float]:
+        """Oldest microbatch first, then the pass's place along the V (forward down, backward up)."""
+        return j, {"F": s, "B": 2 * stages - 1 - s, "W": 2 * stages - 0.5 - s}[op]
+
+    warmups = (None, *warmup_splits(problem, cap))
+    return shortest(problem, greedy_portfolio(problem, cap, rank, ZB_V_VARIANTS, (None,), warmups), "zb-v")
+
+
+#: The greedy settings zb-v tries (warmup#k: the k-th of `warmup_splits`), chosen as for
+#: blocks.UNROLL_VARIANTS.
+ZB_V_VARIANTS = (
+    Variant("fbw"),
+    Variant("fbw", "w", warmup=2),
+    Variant("bfw", warmup=1),
+    Variant("fbw", "all"),
+    Variant("rank", "w", warmup=4),
+    Variant("fbw", "w", warmup=3),
+)

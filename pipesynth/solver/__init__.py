@@ -13,15 +13,15 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-from pipesynth.blocks import Block, lifespans, unroll
+from pipesynth.blocks import Block, lifespans
 from pipesynth.problem import Problem
 from pipesynth.schedule import Schedule
+from pipesynth.solver.background import Background
 from pipesynth.solver.block import search_block
 from pipesynth.solver.bounds import check_cap, makespan_lower_bound, smallest_feasible_cap
 from pipesynth.solver.full import polish
-from pipesynth.solver.hints import handcrafted
+from pipesynth.solver.hints import generator_jobs, reordered, repeated, sequential
 from pipesynth.solver.progress import Progress, ProgressEvent, SolverParams, report
-from pipesynth.validate import find_violations
 
 __all__ = ["SolveResult", "solve", "ProgressEvent", "SolverParams", "smallest_feasible_cap", "makespan_lower_bound"]
 
@@ -89,22 +89,37 @@ def solve(
 
     check_cap(problem)
     bound = makespan_lower_bound(problem)
-    candidates = handcrafted(problem)
-    for c in candidates:
-        report(progress, "hints", f"{c.name}: makespan {c.metrics.makespan:g}", elapsed())
-    found = None
+    will_polish = problem.microbatches * problem.stages * len(problem.ops) <= polish_passes
+    # Slow builders run in a child while the block search runs here; they get
+    # until `deadline`, the polish (if the model is small enough) the rest.
+    # Small problems wait for every hint (seconds at most), so the result is never worse than any of them.
+    small = problem.microbatches * problem.stages * len(problem.ops) <= 2000
+    deadline = None if small else started + (0.75 if will_polish else 0.9) * time_limit
+    generators = Background(generator_jobs(problem), inline=params.deterministic)
+    candidates: dict[str, Schedule] = {"sequential": sequential(problem)}
+
+    def offer(label: str, schedule: Schedule | None, block: Block | None = None, status: str = "") -> None:
+        if schedule is not None:
+            if block is not None:
+                schedule.provenance["block"] = _block_record(block, status)
+            candidates[label] = schedule
+            report(progress, "hints", f"{label}: makespan {schedule.metrics.makespan:g}", elapsed())
+
+    blocks: list[tuple[Block, str]] = []
     if not params.stopped:
         budget = min(max(0.3 * time_limit, 0.5), 30.0)
         found = search_block(problem, params, budget, progress)
-        for block in (found.block, *found.others):
-            blocked = unroll(block, problem.microbatches, name="block", cap=problem.cap)
-            news = f"T={block.interval:g} unrolled: makespan {blocked.metrics.makespan:g}"
-            report(progress, "block", news, elapsed())
-            if not find_violations(blocked):
-                blocked.provenance["block"] = _block_record(block, found.status if block is found.block else "feasible")
-                candidates.append(blocked)
-    best = min(candidates, key=lambda s: s.metrics.makespan)
-    base, block_record = best.name, best.provenance.get("block")
+        blocks = [(found.block, found.status), *((b, "feasible") for b in found.others)]
+    for block, status in blocks:
+        offer(f"block T={block.interval:g} repeated", repeated(block, problem), block, status)
+    reorders = Background([(reordered, (block, problem)) for block, _ in blocks], inline=params.deterministic)
+    for (block, status), schedule in zip(blocks, reorders.collect(deadline)):
+        offer(f"block T={block.interval:g} reordered", schedule, block, status)
+    for schedule in generators.collect(deadline):
+        offer(schedule.name if schedule is not None else "", schedule)
+    base = min(candidates, key=lambda label: candidates[label].metrics.makespan)
+    best = candidates[base]
+    block_record = best.provenance.get("block")
     report(progress, "hints", f"best start: {base}", elapsed(), makespan=best.metrics.makespan, bound=bound)
     cp_status = None
     left = time_limit - elapsed()
@@ -128,6 +143,7 @@ def solve(
         "gap": round(gap, 6),
         "seconds": seconds,
     }
+    provenance["starts"] = {label: _clean(c.metrics.makespan) for label, c in candidates.items()}
     if block_record is not None:
         provenance["block"] = block_record
     schedule = replace(best, name="solved", provenance={"generator": best.provenance.get("generator"), **provenance})

@@ -8,11 +8,17 @@ run right after its B (same times, no more memory). The sequential schedule
 
 from __future__ import annotations
 
+from pipesynth.blocks import Block, repeated_order, unroll
 from pipesynth.generators import GENERATORS
 from pipesynth.problem import Problem, placement_for
 from pipesynth.schedule import Schedule, from_order
+from pipesynth.solver.background import Job
 from pipesynth.solver.bounds import sequential_order
 from pipesynth.validate import find_violations
+
+
+def sequential(problem: Problem) -> Schedule:
+    return from_order(problem, sequential_order(problem), "sequential")
 
 
 def _same_placement(kind: str, problem: Problem) -> bool:
@@ -36,21 +42,51 @@ def _split(fused: Schedule, problem: Problem) -> Schedule:
     return from_order(problem, order, fused.name, **fused.provenance)
 
 
+def applicable(problem: Problem) -> list[str]:
+    """Names of the generators that can schedule this problem's placement and backward mode."""
+    return [
+        g.name
+        for g in GENERATORS.values()
+        if _same_placement(g.placement, problem) and (problem.split_backward or not g.split_backward)
+    ]
+
+
+def build(name: str, problem: Problem) -> Schedule | None:
+    """Generator `name` on the problem, if it succeeds and fits the cap."""
+    gen = GENERATORS[name]
+    if gen.split_backward == problem.split_backward:
+        schedule = gen.build(problem)
+    else:
+        schedule = _split(gen.build(problem.fused()), problem)
+    return schedule if schedule.problem == problem and not find_violations(schedule) else None
+
+
+def repeated(block: Block, problem: Problem) -> Schedule | None:
+    """The block repeated and squeezed (no reorder): quick, for any size."""
+    schedule = from_order(problem, repeated_order(block, problem.microbatches), "block", interval=block.interval)
+    return None if find_violations(schedule) else schedule
+
+
+def reordered(block: Block, problem: Problem) -> Schedule | None:
+    """The block through the building-block unroll (reorder portfolio under the cap): slower, better."""
+    schedule = unroll(block, problem.microbatches, name="block", cap=problem.cap)
+    return None if find_violations(schedule) else schedule
+
+
+def generator_jobs(problem: Problem) -> list[Job]:
+    """Build jobs, the generators that adapt to a cap (V-Half, V-Min, V-ZB) first."""
+    names = sorted(applicable(problem), key=lambda n: (n not in ("v-half", "v-min", "v-zb"), n))
+    return [(build, (name, problem)) for name in names]
+
+
 def handcrafted(problem: Problem) -> list[Schedule]:
-    """Schedules of every registered generator that applies to the problem and fits its cap."""
-    out = [from_order(problem, sequential_order(problem), "sequential")]
-    for gen in GENERATORS.values():
-        if not _same_placement(gen.placement, problem):
-            continue
-        if gen.split_backward and not problem.split_backward:
-            continue
+    """Every applicable generator's schedule that fits, and the sequential one (in-process, no deadline)."""
+    out = [sequential(problem)]
+    for fn, args in generator_jobs(problem):
         try:
-            if gen.split_backward == problem.split_backward:
-                schedule = gen.build(problem)
-            else:
-                schedule = _split(gen.build(problem.fused()), problem)
+            schedule = fn(*args)
         except Exception:  # noqa: BLE001 - a generator refusing this problem is not an error here
             continue
-        if schedule.problem == problem and not find_violations(schedule):
+        if schedule is not None:
             out.append(schedule)
     return out

@@ -1,0 +1,96 @@
+"""Commands about building blocks and the memory/bubble trade-off: block, pareto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipesynth.blocks import Block, lifespans, memory_bound
+from pipesynth.cli import command
+from pipesynth.cli.options import parse_cost
+from pipesynth.generators import problem_for
+from pipesynth.generators.vshape import BLOCKS, v_block
+from pipesynth.pareto import mark_frontier, pareto_figure, pareto_points, pareto_table
+from pipesynth.render import Bar, gantt_figure, gantt_text
+
+
+def block_bars(block: Block) -> list[list[Bar]]:
+    """One row per device: every pass of one microbatch at its offset."""
+    p = block.problem
+    chunk = {s: p.stages_on(p.placement[s]).index(s) for s in range(p.stages)}
+    rows: list[list[Bar]] = [[] for _ in range(p.devices)]
+    for (op, s), start in sorted(block.offsets.items(), key=lambda kv: kv[1]):
+        rows[p.placement[s]].append(Bar(start, start + p.cost(op, s), op, s, 0, chunk[s]))
+    return rows
+
+
+def block_report(block: Block) -> str:
+    """T, each stage's lifespan and live copies, each device's Eq. 1 memory bound."""
+    T = block.interval
+    lines = [f"interval T = {T:g}"]
+    lines.append("lifespan per stage: " + ", ".join(f"{s}: {life:g}" for s, life in enumerate(lifespans(block))))
+    bound = memory_bound(block)
+    lines.append("memory bound per device (sum of ceil(l/T) x activation): " + ", ".join(f"{b:g}" for b in bound))
+    return "\n".join(lines)
+
+
+@command()
+def block(
+    name: Annotated[str, typer.Argument(help=f"Block name: {', '.join(BLOCKS)}.", show_default=False)],
+    devices: Annotated[int, typer.Option("--devices", "-d", help="Number of devices.", min=2)],
+    cost: Annotated[str, typer.Option("--cost", "-c", help="Pass costs per stage, e.g. F=3,B=4,W=2.")] = "",
+    comm: Annotated[float, typer.Option("--comm", help="Latency of a send between devices.", min=0)] = 0.0,
+    out: Annotated[Path | None, typer.Option("--out", help="Also draw the block to this PNG or SVG.")] = None,
+) -> None:
+    """Draw one microbatch's building block and print T, lifespans and the memory bound.
+
+    Example: pipesynth block v-half --devices 4 --cost F=3,B=4,W=2
+    """
+    problem = problem_for(name if name in BLOCKS else "v-min", devices, 1, cost=parse_cost(cost), comm=comm)
+    blk = v_block(problem, name)
+    rows = block_bars(blk)
+    typer.echo(gantt_text(rows))
+    typer.echo(block_report(blk))
+    if out is not None:
+        gantt_figure(rows, out, title=f"{name} block, {devices} devices, T = {blk.interval:g}")
+        typer.echo(f"-> {out}")
+
+
+@command()
+def pareto(
+    devices: Annotated[int, typer.Option("--devices", "-d", help="Number of devices.", min=1)],
+    microbatches: Annotated[int, typer.Option("--microbatches", "-m", help="Microbatches per iteration.", min=1)],
+    cost: Annotated[
+        str, typer.Option("--cost", "-c", help="Pass costs of one device's share of the model, e.g. F=3,B=4,W=2.")
+    ] = "",
+    comm: Annotated[float, typer.Option("--comm", help="Latency of a send between devices.", min=0)] = 0.0,
+    out: Annotated[Path | None, typer.Option("--out", help="Scatter plot to this PNG or SVG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the points as JSON instead of a table.")] = False,
+    solve: Annotated[
+        bool, typer.Option("--solve", help="Add pipesynth solve's best makespan at caps 0.3x to 1x (V placement).")
+    ] = False,
+    solve_time: Annotated[float, typer.Option("--solve-time", help="Seconds per solved cap.", min=0.1)] = 10.0,
+) -> None:
+    """Peak memory (relative to 1F1B) against bubble rate for every schedule family on one model.
+
+    With --solve, the solver's schedules at a sweep of caps join the table and plot.
+    Example: pipesynth pareto --devices 8 --microbatches 32 --cost F=3,B=4,W=2 --out pareto.png
+    """
+    points, skipped = pareto_points(devices, microbatches, parse_cost(cost), comm)
+    if solve:
+        from pipesynth.solver.pareto import solver_points  # OR-Tools only when asked
+
+        solved, notes = solver_points(devices, microbatches, parse_cost(cost), comm, time_limit=solve_time)
+        points, skipped = mark_frontier(points + solved), skipped + notes
+    if as_json:
+        typer.echo(json.dumps({"points": [p.as_dict() for p in points], "skipped": skipped}, indent=1))
+    else:
+        typer.echo(pareto_table(points))
+        for note in skipped:
+            typer.echo(f"skipped {note}", err=True)
+    if out is not None:
+        title = f"{devices} devices, {microbatches} microbatches" + (f", cost {cost}" if cost else "")
+        typer.echo(f"-> {pareto_figure(points, out, title)}", err=as_json)

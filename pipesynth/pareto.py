@@ -1,0 +1,153 @@
+"""Memory against bubble: every schedule family on one model, and which ones are not beaten.
+
+All schedules run the same model: a placement with k stages per device cuts
+each device's share into k stages with 1/k of its costs and activation, so
+makespans and peaks compare across placements. Memory is reported in
+units of one microbatch's activation of a whole device, and relative to
+1F1B's peak on the same model (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from pipesynth.errors import PipesynthError
+from pipesynth.generators import GENERATORS, generate, problem_for
+from pipesynth.problem import PerStage, one_f_one_b_peak
+from pipesynth.schedule import Schedule
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One schedule's figures; `relative_memory` is its peak over 1F1B's peak."""
+
+    name: str
+    makespan: float
+    bubble_rate: float
+    peak_memory: float
+    relative_memory: float
+    frontier: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def point_of(schedule: Schedule, name: str | None = None) -> ParetoPoint:
+    """A schedule's point; its peak relative to 1F1B's on the same problem (worst device)."""
+    m = schedule.metrics
+    if m is None:
+        raise PipesynthError(f"{name or schedule.name}: the schedule has no metrics (simulate it first)")
+    reference = one_f_one_b_peak(schedule.problem)
+    relative = max(peak / ref for peak, ref in zip(m.peak_memory, reference) if ref > 0)
+    return ParetoPoint(
+        name=name or schedule.name,
+        makespan=m.makespan,
+        bubble_rate=m.bubble_rate,
+        peak_memory=max(m.peak_memory),
+        relative_memory=relative,
+    )
+
+
+def same_model_schedule(
+    name: str,
+    devices: int,
+    microbatches: int,
+    cost: dict[str, float] | None = None,
+    comm: float = 0.0,
+    chunks: int = 2,
+) -> Schedule:
+    """Run generator `name` on the model whose device share costs `cost` (see module doc)."""
+    cost = {"F": 1.0, "B": 1.0, "W": 1.0, **(cost or {})}
+    k = problem_for(name, devices, microbatches, chunks=chunks).stages / devices
+    per_stage: dict[str, PerStage] = {op: c / k for op, c in cost.items()}
+    return generate(name, devices, microbatches, chunks=chunks, cost=per_stage, comm=comm, activation=1 / k)
+
+
+def pareto_points(
+    devices: int,
+    microbatches: int,
+    cost: dict[str, float] | None = None,
+    comm: float = 0.0,
+    names: Iterable[str] | None = None,
+    chunks: int = 2,
+) -> tuple[list[ParetoPoint], list[str]]:
+    """Points of every registered generator (or `names`), and a note per one that cannot run this case.
+
+    Other point sources (a solver) can add their own points and call
+    `mark_frontier` again.
+    """
+    points, skipped = [], []
+    for name in names if names is not None else GENERATORS:
+        try:
+            points.append(point_of(same_model_schedule(name, devices, microbatches, cost, comm, chunks)))
+        except PipesynthError as err:
+            skipped.append(f"{name}: {err}")
+    return mark_frontier(points), skipped
+
+
+def mark_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:
+    """The points, each marked whether no other has both less-or-equal memory and bubble, one strictly less."""
+
+    def beaten(p: ParetoPoint) -> bool:
+        return any(
+            q.relative_memory <= p.relative_memory + EPS
+            and q.bubble_rate <= p.bubble_rate + EPS
+            and (q.relative_memory < p.relative_memory - EPS or q.bubble_rate < p.bubble_rate - EPS)
+            for q in points
+        )
+
+    return [replace(p, frontier=not beaten(p)) for p in points]
+
+
+def pareto_table(points: list[ParetoPoint]) -> str:
+    """A text table sorted by memory; `*` marks the frontier."""
+    rows = [("schedule", "peak/1F1B", "peak", "bubble rate", "makespan", "frontier")]
+    for p in sorted(points, key=lambda p: (p.relative_memory, p.bubble_rate)):
+        rows.append(
+            (
+                p.name,
+                f"{p.relative_memory:.3f}",
+                f"{p.peak_memory:g}",
+                f"{p.bubble_rate:.4f}",
+                f"{p.makespan:g}",
+                "*" if p.frontier else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def pareto_figure(points: list[ParetoPoint], path: str | Path, title: str = "") -> Path:
+    """Scatter plot of bubble rate against memory relative to 1F1B, to PNG or SVG; returns the path."""
+    target = Path(path)
+    if target.suffix.lower() not in (".png", ".svg"):
+        raise PipesynthError(f"{target}: picture format must be .png or .svg, got {target.suffix or 'no suffix'!r}")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PipesynthError("pictures need matplotlib: pip install 'pipesynth[plot]'") from None
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    spots: dict[tuple[float, float], list[ParetoPoint]] = {}
+    for p in points:  # schedules with the same figures share one dot and one label
+        spots.setdefault((round(p.relative_memory, 6), round(p.bubble_rate, 6)), []).append(p)
+    for (x, y), same in spots.items():
+        ax.scatter(x, y, color="#2f6eb5" if same[0].frontier else "#999999", zorder=2)
+        label = ", ".join(p.name for p in same)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((p for p in points if p.frontier), key=lambda p: p.relative_memory)
+    ax.plot([p.relative_memory for p in front], [p.bubble_rate for p in front], color="#2f6eb5", lw=1, zorder=1)
+    ax.set_xlabel("peak memory / 1F1B's peak")
+    ax.set_ylabel("bubble rate")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(target)
+    return target
