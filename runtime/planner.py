@@ -39,6 +39,7 @@ def plan_pipeline(
     warmup: int = 3,
     threads: int | None = None,
     comm: float | None = None,
+    statistic: str = "median",
     time_limit: float = 20.0,
     workers: int = 2,
     progress: Progress | None = None,
@@ -52,7 +53,7 @@ def plan_pipeline(
     handcrafted schedules that fit the same budget, with their makespans.
     """
     profile = profile_stages(
-        stages, sample, target, loss_fn, repeats=repeats, warmup=warmup, threads=threads, comm=comm
+        stages, sample, target, loss_fn, repeats=repeats, warmup=warmup, threads=threads, comm=comm, statistic=statistic
     )
     problem = profile.problem(devices, microbatches, placement, chunks=chunks, split_backward=split_backward)
     return plan_problem(problem, memory, time_limit=time_limit, workers=workers, progress=progress)

@@ -4,7 +4,7 @@ Each stage runs its F, B and W on one device exactly as the executor runs
 them (executor.py): F under the activation meter's saved-tensor hooks, the
 last stage's F including the loss; B with the split layers deferring their
 weight-gradient products (split.py); W draining that queue. Times are the
-median over `repeats` runs after `warmup`; activation bytes are what the
+median (or mean) over `repeats` runs after `warmup`; activation bytes are what the
 meter holds after F and still holds after B: the bytes the executor's meter
 counts. The problem comes out in microseconds and bytes (`Units(time="us",
 memory="bytes")`).
@@ -44,6 +44,10 @@ from pipesynth.units import PROFILED
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: How repeated pass times become one number. The median ignores outliers (right on a dedicated
+#: device); the mean keeps the waits a shared machine imposes, which a long run pays in proportion.
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "mean": statistics.fmean}
+
 
 @dataclass(frozen=True)
 class StageProfile:
@@ -62,12 +66,6 @@ class StageProfile:
     def activation_bytes(self) -> int:
         """The problem's `activation`: what a microbatch holds at most between F and W."""
         return max(self.after_f_bytes, self.during_b_bytes, self.after_b_bytes)
-
-    @property
-    def output_bytes(self) -> int:
-        if self.output is None:
-            return 0
-        return torch.empty((), dtype=self.output.dtype).element_size() * _numel(self.output.shape)
 
 
 @dataclass(frozen=True)
@@ -195,6 +193,7 @@ def _profile_stage(
     loss_fn: LossFn | None,
     repeats: int,
     warmup: int,
+    statistic: str,
 ) -> tuple[StageProfile, torch.Tensor]:
     """Run F, B, W of one stage `warmup + repeats` times; return its profile and its output."""
     last = target is not None
@@ -247,8 +246,9 @@ def _profile_stage(
             times["F"].append(t1 - t0)
             times["B"].append(t3 - t2)
             times["W"].append(t4 - t3)
-    med = {op: statistics.median(v) * 1e6 for op, v in times.items()}
-    profile = StageProfile(stage, med["F"], med["B"], med["W"], after_f, during_b, max(after_b, 0), meta)
+    summary = STATISTICS[statistic]
+    us = {op: summary(v) * 1e6 for op, v in times.items()}
+    profile = StageProfile(stage, us["F"], us["B"], us["W"], after_f, during_b, max(after_b, 0), meta)
     return profile, output
 
 
@@ -263,6 +263,7 @@ def profile_stages(
     threads: int | None = None,
     comm: float | None = None,
     comm_iters: int = 100,
+    statistic: str = "median",
 ) -> ModelProfile:
     """Profile `stages` (in pipeline order) on their current device with one microbatch.
 
@@ -271,8 +272,11 @@ def profile_stages(
     threads: torch intra-op threads while profiling (default: as set now;
     use what each rank will use). comm: the P2P latency in microseconds to
     record; None measures it between two local ranks (gloo on CPU, NCCL
-    when the stages are on a GPU and two GPUs are visible).
+    when the stages are on a GPU and two GPUs are visible). statistic:
+    "median" (default) or "mean" of the repeated times (see STATISTICS).
     """
+    if statistic not in STATISTICS:
+        raise PipesynthError(f"statistic: expected one of {', '.join(STATISTICS)}, got {statistic!r}")
     if not stages:
         raise PipesynthError("stages: give at least one stage module")
     if repeats < 1 or warmup < 0:
@@ -292,7 +296,7 @@ def profile_stages(
             last = s == len(stages) - 1
             tgt = target.to(_stage_device(module, x.device)) if last else None
             try:
-                profile, x = _profile_stage(s, module, x, tgt, loss_fn if last else None, repeats, warmup)
+                profile, x = _profile_stage(s, module, x, tgt, loss_fn if last else None, repeats, warmup, statistic)
             except PipesynthError:
                 raise
             except Exception as err:
