@@ -1,4 +1,4 @@
-"""What the runtime benchmarks share: spawning ranks, timing a step across ranks, P2P latency, results files.
+"""What the runtime benchmarks share: the delay workload's set-up, timing a step across ranks, P2P latency, results.
 
 Step time is measured across ranks: every rank leaves a barrier, notes its
 start, runs the step and notes its end, all on the system-wide monotonic
@@ -9,12 +9,10 @@ max(end) - min(start). The barrier itself is not counted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +21,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pipesynth.generators import GENERATORS, generate
+from pipesynth.runtime.delay import delay_loss
+from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.schedule import Schedule
 
 RESULTS = Path(__file__).parent / "results"
+START_LOAD = os.getloadavg()[0]  # the machine's load when the benchmark started (its ranks not yet running)
 
 
 @dataclass(frozen=True)
@@ -85,26 +85,6 @@ def delay_batch(config: DelayConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(config.microbatches, 4), torch.ones(config.microbatches, 4)
 
 
-def spawn(worker: Callable[..., Any], world: int, *args: Any) -> Any:
-    """Run `worker(rank, world, *args)` on `world` gloo ranks; return what rank 0 returned."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        mp.spawn(_entry, args=(world, f"file://{tmp}/init", str(out), worker, args), nprocs=world)
-        return json.loads(out.read_text())
-
-
-def _entry(rank: int, world: int, init: str, out: str, worker: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        result = worker(rank, world, *args)
-        if rank == 0:
-            Path(out).write_text(json.dumps(result))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 def timed_step(step: Callable[[], Any]) -> float:
     """Seconds from the first rank starting `step` to the last rank finishing it (same value on every rank)."""
     dist.barrier()
@@ -116,34 +96,46 @@ def timed_step(step: Callable[[], Any]) -> float:
     return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
-def p2p_latency(iters: int = 200) -> float:
-    """One-way latency (s) of a tiny tensor between ranks 0 and 1: median half round trip."""
+def p2p_latency(iters: int = 300, warmup: int = 20) -> float:
+    """One-way latency (s) of a tiny tensor between ranks 0 and 1: the 10th percentile of half round trips.
+
+    A low percentile, not the median: on a busy machine a trip now and then
+    waits milliseconds for a core, which is the machine's load, not the
+    wire's latency (it shows in the measured step times all the same).
+    """
     rank = dist.get_rank()
     buf = torch.zeros(4)
     trips = []
-    for _ in range(iters):
+    dist.barrier()
+    for i in range(warmup + iters):
         if rank == 0:
             t0 = time.perf_counter()
             dist.send(buf, 1)
             dist.recv(buf, 1)
-            trips.append(time.perf_counter() - t0)
+            if i >= warmup:
+                trips.append(time.perf_counter() - t0)
         elif rank == 1:
             dist.recv(buf, 0)
             dist.send(buf, 0)
-    latency = [statistics.median(trips) / 2 if rank == 0 else 0.0]
+    latency = [statistics.quantiles(trips, n=10)[0] / 2 if rank == 0 else 0.0]
     dist.broadcast_object_list(latency, src=0)
     return latency[0]
 
 
 def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    """How this benchmark was run (they run as modules from the repository root)."""
+    return f"python -m benchmarks.{Path(sys.argv[0]).stem} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def write_results(name: str, header: list[str], table: list[str], summary: list[str]) -> Path:
     """benchmarks/results/<name>.md: the exact command, the set-up, the table, the summary."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
-    lines = [f"Command: `{command_line()}`", "", *header, "", *table, "", *summary, ""]
+    load = (
+        f"Load average (1 min): {START_LOAD:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        "(other work on the machine delays the ranks' wake-ups)."
+    )
+    lines = [f"Command: `{command_line()}`", "", *header, load, "", *table, "", *summary, ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -152,8 +144,5 @@ def our_step(
     schedule: Schedule, modules: dict[int, torch.nn.Module], batch: torch.Tensor, targets: torch.Tensor
 ) -> Callable[[], Any]:
     """A no-argument callable running one step of our executor on this rank's `modules`."""
-    from pipesynth.runtime.delay import delay_loss
-    from pipesynth.runtime.executor import PipelineExecutor
-
     executor = PipelineExecutor(schedule, modules, delay_loss)
     return lambda: executor.step(batch, targets)

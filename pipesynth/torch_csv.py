@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from pipesynth.errors import InvalidScheduleError, PipesynthError, ScheduleFormatError
 from pipesynth.problem import Op, PerStage, make_problem
 from pipesynth.schedule import Action, Schedule, from_order
+from pipesynth.schedule_file import _read
 from pipesynth.validate import find_violations
 
 CELL = re.compile(r"(\d+)([A-Z_]+?)(\d*)")
@@ -79,7 +82,7 @@ def from_torch_csv(
     order: list[list[tuple[Op, int, int]]] = []
     cells: list[list[int]] = []  # position in `order` -> cell index, for error messages
     placement: dict[int, int] = {}
-    torch_ops: dict[str, str] = {}  # op letter -> first cell using it
+    first: dict[str, tuple[int, int]] = {}  # op letter -> (rank, cell) of its first use
     for rank, row in enumerate(rows):
         order.append([])
         cells.append([])
@@ -91,15 +94,15 @@ def from_torch_csv(
             held = placement.setdefault(stage, rank)
             if held != rank:
                 raise ScheduleFormatError(f"{where}: stage {stage} is already on rank {held}; a stage runs on one rank")
-            torch_ops.setdefault(op, where)
+            first.setdefault(op, (rank, k))
             order[rank].append(("B" if op == "I" else op, stage, mb))  # type: ignore[arg-type]
             cells[rank].append(k)
-    split = "I" in torch_ops or "W" in torch_ops
-    if split and "B" in torch_ops:
-        other = torch_ops.get("I") or torch_ops["W"]
+    split = "I" in first or "W" in first
+    if split and "B" in first:
+        (rank, k), (other_rank, other_k) = first["B"], first.get("I") or first["W"]
         raise ScheduleFormatError(
-            f"{torch_ops['B']}: a fused backward (B) in a split schedule (I/W cells, e.g. at {other.split(': ')[1]});"
-            " use I and W everywhere or B everywhere"
+            f"{source}: rank {rank}, cell {k}: a fused backward (B) in a split schedule (I/W cells, e.g. at "
+            f"rank {other_rank}, cell {other_k}); use I and W everywhere or B everywhere"
         )
     stages = max(placement) + 1
     missing = [s for s in range(stages) if s not in placement]
@@ -127,6 +130,12 @@ def from_torch_csv(
     if violations:
         raise InvalidScheduleError([f"{source}: {_cell_names(v, cells)}" for v in violations])
     return from_order(problem, order, name, source="torch-csv")
+
+
+def load_torch_csv(path: str | os.PathLike[str], **options: Any) -> Schedule:
+    """`from_torch_csv` on a file; options as there (the name defaults to the file's stem)."""
+    options.setdefault("name", Path(path).stem)
+    return from_torch_csv(_read(path), source=str(path), **options)
 
 
 def _cell_names(message: str, cells: list[list[int]]) -> str:

@@ -9,6 +9,7 @@ Tensors are tiny.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,20 +18,49 @@ from pipesynth.problem import Problem
 from pipesynth.runtime.split import _defer, accumulate
 
 
+@dataclass
+class SleepLag:
+    """How much longer than asked the workload's sleeps took in this process (the OS's wake-up lag).
+
+    On a busy machine a sleeping rank wakes late; benchmarks subtract this
+    from the executor's overhead by simulating with the realised durations.
+    """
+
+    sleeps: int = 0
+    excess_s: float = 0.0
+
+    def reset(self) -> None:
+        self.sleeps, self.excess_s = 0, 0.0
+
+    def mean_excess_s(self) -> float:
+        return self.excess_s / self.sleeps if self.sleeps else 0.0
+
+
+LAG = SleepLag()
+
+
+def nap(seconds: float) -> None:
+    """time.sleep, recording the excess in LAG."""
+    if seconds <= 0:
+        return
+    start = time.perf_counter()
+    time.sleep(seconds)
+    LAG.sleeps += 1
+    LAG.excess_s += time.perf_counter() - start - seconds
+
+
 class _Sleep(torch.autograd.Function):
     """Identity whose forward sleeps `forward_s` seconds and whose backward sleeps `backward_s`."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, forward_s: float, backward_s: float) -> torch.Tensor:  # type: ignore[override]
         ctx.backward_s = backward_s
-        if forward_s > 0:
-            time.sleep(forward_s)
+        nap(forward_s)
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        if ctx.backward_s > 0:
-            time.sleep(ctx.backward_s)
+        nap(ctx.backward_s)
         return grad, None, None
 
 
@@ -52,12 +82,12 @@ class _WeightSleep(torch.autograd.Function):
         weight, seconds = ctx.weight, ctx.seconds
 
         def weight_grad(g: torch.Tensor) -> None:
-            time.sleep(seconds)
+            nap(seconds)
             accumulate(weight, g)
 
         if _defer(weight_grad, grad):
             return None, None
-        time.sleep(seconds)
+        nap(seconds)
         return grad, None
 
 

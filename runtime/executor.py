@@ -19,21 +19,30 @@ from __future__ import annotations
 import datetime
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.autograd.graph import get_gradient_edge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call
 
 from pipesynth.errors import PipesynthError
+from pipesynth.runtime.graph_split import WeightPlan, backward_input, backward_weight, plan_weight_backward
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.plan import CommOp, Message, messages, rank_ops
-from pipesynth.runtime.split import WeightGradTask, deferring, make_splittable
+from pipesynth.runtime.split import (
+    SPLIT_LAYERS,
+    WEIGHTS_IN_B,
+    WeightGradTask,
+    deferring,
+    defers_weights,
+    make_splittable,
+)
 from pipesynth.schedule import Action, Schedule
-from pipesynth.simulate import PassKey, memory_levels
+from pipesynth.simulate import PassKey
 from pipesynth.validate import validate
 
 
@@ -87,10 +96,17 @@ class PipelineExecutor:
     stage_modules: {stage: module} for exactly the stages the schedule places
     on this rank. loss_fn(output, target) must be a mean over the microbatch,
     so the mean of the microbatch losses is the mean loss of the batch.
-    With split backward, nn.Linear / nn.LayerNorm / nn.Embedding inside the
-    modules are switched in place to their split twins (split.py).
+    With split backward, nn.Linear / nn.Embedding inside the modules are
+    switched in place to their split twins (split.py), LayerNorm weights
+    get their (cheap) gradients in B, and any other parameter is split off along the autograd graph (graph_split.py;
+    a float input of stage 0 is then made to require a gradient for the
+    split, an integer one cannot: those parameters then get their gradients
+    in B).
     `step` returns the mean loss on the rank holding the last stage and None
     elsewhere (or on every rank with broadcast_loss=True).
+    `grads_ready(stage, module)`, if given, is called during `step` right
+    after a stage's last pass of the step: its gradients are final, so an
+    optimizer can update that stage while later passes still run.
     """
 
     def __init__(
@@ -105,6 +121,7 @@ class PipelineExecutor:
         timeout: float = 60.0,
         track_memory: bool = True,
         broadcast_loss: bool = False,
+        grads_ready: Callable[[int, nn.Module], None] | None = None,
     ) -> None:
         self.schedule = schedule
         self.problem = schedule.problem
@@ -118,10 +135,20 @@ class PipelineExecutor:
         self.nccl = dist.get_backend(group) == "nccl"
         self.meter = ActivationMeter() if track_memory else None
         self._check(dist.get_world_size(group))
+        # Stages with parameters outside the split layers (and LayerNorms, whose weight gradient
+        # B computes) split their backward along the autograd graph; it then covers LayerNorms too.
+        self._graph_split: dict[int, list[torch.Tensor]] = {}
         if self.problem.split_backward:
-            for module in self.modules.values():
+            for s, module in self.modules.items():
                 make_splittable(module)
+                split = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
+                in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
+                params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
+                if any(id(p) not in in_b for p in params):
+                    self._graph_split[s] = params
         self.actions: list[Action] = schedule.actions[self.rank]
+        self.grads_ready = grads_ready
+        self._last_pass = {a.stage: i for i, a in enumerate(self.actions)}
         self.last_stage = self.problem.stages - 1
         self.stats: StepStats | None = None
         self._ops: list[CommOp] | None = None  # set by the shape handshake of the first step
@@ -234,6 +261,16 @@ class PipelineExecutor:
                 self._receiving[msg.index] = (work, buf)
             self._next += 1
 
+    def _reap_sends(self, finished_only: bool) -> None:
+        """Drop the buffers of completed sends (surfacing their errors); wait for all unless `finished_only`."""
+        pending = []
+        for work, tensor, msg in self._sending:
+            if finished_only and not work.is_completed():
+                pending.append((work, tensor, msg))
+            else:
+                self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
+        self._sending = pending
+
     def _take(self, key: PassKey, action: Action) -> torch.Tensor:
         """The tensor `action` consumes: handed over in memory or received."""
         if key in self._handover:
@@ -276,7 +313,7 @@ class PipelineExecutor:
         self._handover: dict[PassKey, torch.Tensor] = {}
         self._inputs: dict[tuple[int, int], torch.Tensor] = {}
         self._outputs: dict[tuple[int, int], object] = {}
-        self._w_tasks: dict[tuple[int, int], list[WeightGradTask]] = {}
+        self._w_tasks: dict[tuple[int, int], tuple[list[WeightGradTask], WeightPlan | None]] = {}
         self._losses: list[torch.Tensor] = []
         if self.meter is not None:
             self.meter.exclude([*self._params(), *(b for mod in self.modules.values() for b in mod.buffers())])
@@ -289,13 +326,14 @@ class PipelineExecutor:
         start = time.perf_counter()
         base_level = self.meter.level if self.meter else 0
 
-        for action in self.actions:
+        for position, action in enumerate(self.actions):
             self._post()
             {"F": self._forward, "B": self._backward, "W": self._weight}[action.op](action)
+            self._reap_sends(finished_only=True)
+            if self.grads_ready is not None and self._last_pass[action.stage] == position:
+                self.grads_ready(action.stage, self.modules[action.stage])
         self._post()
-        for work, _, msg in self._sending:
-            self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
-        self._sending.clear()
+        self._reap_sends(finished_only=False)
 
         loss = torch.stack(self._losses).sum() / m if self._losses else None
         if self.broadcast_loss:
@@ -339,7 +377,8 @@ class PipelineExecutor:
     def _forward(self, action: Action) -> None:
         s, j = action.stage, action.mb
         x = self._in_chunks[j] if s == 0 else self._take(("F", s, j), action)
-        if s > 0 and x.dtype.is_floating_point:
+        # Stage 0's input needs no gradient, but the graph split needs an input path to split along.
+        if x.dtype.is_floating_point and (s > 0 or s in self._graph_split):
             x = x.detach().requires_grad_(True)
             self._inputs[(s, j)] = x
         with self.meter.saving() if self.meter else nullcontext():
@@ -363,14 +402,21 @@ class PipelineExecutor:
         out = self._outputs.pop((s, j))
         x = self._inputs.pop((s, j), None)
         before = self.meter.level if self.meter else 0
-        if out is not None:
-            if self.problem.split_backward:
-                queue: list[WeightGradTask] = []
-                with deferring(queue, self.meter.hold if self.meter else None):
-                    torch.autograd.backward([out], None if grad is None else [grad])
-                self._w_tasks[(s, j)] = queue
-            else:
-                torch.autograd.backward([out], None if grad is None else [grad])
+        grads = None if grad is None else [grad]
+        if out is not None and self.problem.split_backward:
+            queue: list[WeightGradTask] = []
+            plan = None
+            if s in self._graph_split and x is not None:
+                root = out.node if isinstance(out, GradientEdge) else out.grad_fn
+                plan = plan_weight_backward(root, x, self._graph_split[s], defers_weights)
+            with deferring(queue, self.meter.hold if self.meter else None):
+                if plan is None:
+                    torch.autograd.backward([out], grads)
+                else:
+                    backward_input(plan, [out], grads, x)
+            self._w_tasks[(s, j)] = (queue, plan)
+        elif out is not None:
+            torch.autograd.backward([out], grads)
         del out, grad
         if self.meter and j == 0:
             act = self._stage_bytes[s][0]
@@ -380,8 +426,11 @@ class PipelineExecutor:
             self._give(("B", s, j), ("B", s - 1, j), gx)
 
     def _weight(self, action: Action) -> None:
-        for task in self._w_tasks.pop((action.stage, action.mb)):
+        queue, plan = self._w_tasks.pop((action.stage, action.mb), ([], None))
+        for task in queue:
             task()
+        if plan is not None:
+            backward_weight(plan)
 
     # ---------------------------------------------------------------- memory
 
@@ -390,16 +439,26 @@ class PipelineExecutor:
         return dict(self._stage_bytes)
 
     def predicted_peak_bytes(self) -> float:
-        """The schedule's peak for this rank: the simulator's memory walk with profiled bytes per stage."""
+        """The schedule's peak for this rank: DESIGN.md's memory walk of its list with profiled bytes.
+
+        F adds the stage's activation; B releases activation - kept (fused:
+        all of it); W releases kept. Profiled kept can exceed the activation
+        (W holds output gradients that B creates), so B may add memory: the
+        walk allows it, where a Problem would not.
+        """
         if not self._stage_bytes:
             raise PipelineError(f"rank {self.rank}: run a step with track_memory=True before predicting memory")
-        act = [0.0] * self.problem.stages
-        kept = [0.0] * self.problem.stages
-        for s, (a, k) in self._stage_bytes.items():
-            act[s] = float(a)
-            kept[s] = float(min(max(k, 0), a))
-        problem = replace(self.problem, activation=tuple(act), kept_for_w=tuple(kept), cap=None)
-        return max([0.0, *memory_levels(problem, self.actions)])
+        level = peak = 0
+        for a in self.actions:
+            act, kept = self._stage_bytes[a.stage]
+            if a.op == "F":
+                level += act
+            elif a.op == "B":
+                level += kept - act if self.problem.split_backward else -act
+            else:
+                level -= kept
+            peak = max(peak, level)
+        return float(peak)
 
 
 def _device_of(modules: dict[int, nn.Module]) -> torch.device:

@@ -16,6 +16,7 @@ import pickle
 import socket
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 from pipesynth.errors import PipesynthError
 
@@ -66,6 +68,11 @@ def _worker(rank: int, world: int, port: int, device: str, timeout: float, threa
     try:
         result = fn(rank, world, _rank_device(device, rank), *args)
         Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
+    except Exception as err:
+        # Written before this rank exits (and so before peers see it gone): the launcher
+        # can then tell a root cause from the time-outs it triggers on other ranks.
+        Path(out, f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -84,10 +91,14 @@ def launch(
     `fn` must be importable (a module-level function) and its result
     picklable. `timeout` bounds process-group set-up and collectives;
     pass the same value to the executor for P2P waits. `start_method`
-    defaults to fork on Linux CPU runs (seconds faster per launch; the
-    parent must not have trained anything yet) and spawn otherwise (CUDA
-    cannot fork).
+    defaults to fork on Linux CPU runs (seconds faster per launch; safe
+    after the parent ran torch ops as long as each rank stays at one
+    thread, the default: OpenMP pools do not survive a fork) and spawn
+    otherwise (CUDA cannot fork).
     """
+    if backend_for(device) == "nccl" and torch.cuda.device_count() < world_size:
+        gpus = torch.cuda.device_count()
+        raise LaunchError(f"{world_size} ranks on NCCL need {world_size} GPUs; this machine has {gpus}")
     if start_method is None:
         start_method = "fork" if sys.platform == "linux" and backend_for(device) == "gloo" else "spawn"
     with tempfile.TemporaryDirectory(prefix="pipesynth-launch-") as out:
@@ -98,13 +109,17 @@ def launch(
                 nprocs=world_size,
                 start_method=start_method,
             )
-        except mp.ProcessRaisedException as err:
-            raise LaunchError(f"rank {err.error_index} failed: {_last_line(str(err))}", str(err)) from None
-        except mp.ProcessExitedException as err:
-            raise LaunchError(f"rank {err.error_index} exited with code {err.exit_code}") from None
+        except ProcessException as err:
+            raise _root_cause(out, err) from None
         return [pickle.loads(Path(out, f"rank{r}.pkl").read_bytes()) for r in range(world_size)]
 
 
-def _last_line(traceback_text: str) -> str:
-    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "unknown error"
+def _root_cause(out: str, err: ProcessException) -> LaunchError:
+    """The failure to report: a rank's own error rather than the time-outs it caused elsewhere."""
+    errors = {int(path.stem[4:]): path.read_text() for path in Path(out).glob("rank*.err")}
+    if not errors:
+        return LaunchError(f"rank {err.error_index} failed: {str(err).strip()}")
+    timeouts = {r for r, text in errors.items() if text.startswith("PipelineTimeoutError")}
+    rank = min(set(errors) - timeouts or errors)
+    first, _, details = errors[rank].partition("\n")
+    return LaunchError(f"rank {rank} failed: {first}", details)

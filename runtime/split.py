@@ -1,7 +1,7 @@
 """Split backward: B computes input gradients, W the weight gradients, no work done twice.
 
-The layers that hold almost all weights (Linear, LayerNorm, Embedding) get a
-backward that, while `deferring(queue)` is active, returns only the input
+The layers that hold almost all weights and weight-gradient work (Linear,
+Embedding) get a backward that, while `deferring(queue)` is active, returns only the input
 gradient and appends the weight-gradient product to `queue` as a closure; W
 runs the closures. The closure keeps what the product needs (the layer input
 and the output gradient) and nothing else, so everything else B used is
@@ -9,9 +9,13 @@ freed by autograd as soon as B ends (DESIGN.md section 7). Outside
 `deferring`, the same layers compute both gradients at once (fused backward).
 
 `make_splittable(module)` switches the plain torch layers of a module to
-these subclasses in place (same parameters, same state dict). Parameters of
-any other layer keep their ordinary autograd backward: their gradients are
-then computed in B, which is still exact, only not deferred.
+these subclasses in place (same parameters, same state dict).
+
+LayerNorm is left alone on purpose: its weight gradient is an elementwise
+product and a sum (next to no time), but deferring it would keep its input
+and output gradient alive until W. Computing it in B lets B free both: on a
+transformer block that is the difference between B freeing memory and B
+adding some (the held output gradients of the Linears are new memory).
 """
 
 from __future__ import annotations
@@ -95,39 +99,6 @@ class _LinearFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def _layer_norm_weight_grads(ln: nn.LayerNorm, x, mean, rstd, g) -> None:
-    mask = [False, ln.weight is not None and ln.weight.requires_grad, ln.bias is not None and ln.bias.requires_grad]
-    _, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-        g, x, ln.normalized_shape, mean, rstd, ln.weight, ln.bias, mask
-    )
-    if mask[1]:
-        accumulate(ln.weight, grad_w)
-    if mask[2]:
-        accumulate(ln.bias, grad_b)
-
-
-class _LayerNormFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, ln):  # type: ignore[override]
-        out, mean, rstd = torch.ops.aten.native_layer_norm(x, ln.normalized_shape, weight, bias, ln.eps)
-        ctx.save_for_backward(x, mean, rstd)
-        ctx.ln = ln
-        return out
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        x, mean, rstd = ctx.saved_tensors
-        ln = ctx.ln
-        need = ctx.needs_input_grad
-        wants_weights = need[1] or need[2]
-        deferred = wants_weights and _defer(lambda *t: _layer_norm_weight_grads(ln, *t), x, mean, rstd, g)
-        mask = [need[0], need[1] and not deferred, need[2] and not deferred]
-        grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-            g, x, ln.normalized_shape, mean, rstd, ln.weight, ln.bias, mask
-        )
-        return grad_x, grad_w, grad_b, None
-
-
 def _embedding_weight_grad(emb: nn.Embedding, idx: torch.Tensor, g: torch.Tensor) -> None:
     accumulate(emb.weight, _embedding_grad(emb, idx, g))
 
@@ -160,13 +131,6 @@ class SplitLinear(nn.Linear):
         return _LinearFn.apply(x, self.weight, self.bias)
 
 
-class SplitLayerNorm(nn.LayerNorm):
-    """nn.LayerNorm whose weight and bias gradients can be deferred to W."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _LayerNormFn.apply(x, self.weight, self.bias, self)
-
-
 class SplitEmbedding(nn.Embedding):
     """nn.Embedding (no max_norm, dense) whose weight gradient can be deferred to W."""
 
@@ -174,11 +138,19 @@ class SplitEmbedding(nn.Embedding):
         return _EmbeddingFn.apply(idx, self.weight, self)
 
 
-_SPLIT_CLASSES: dict[type, type] = {nn.Linear: SplitLinear, nn.LayerNorm: SplitLayerNorm, nn.Embedding: SplitEmbedding}
+def defers_weights(node: object) -> bool:
+    """Whether an autograd node belongs to a split layer (which queues its weight gradients in B)."""
+    return getattr(node, "_forward_cls", None) in (_LinearFn, _EmbeddingFn)
+
+
+_SPLIT_CLASSES: dict[type, type] = {nn.Linear: SplitLinear, nn.Embedding: SplitEmbedding}
+SPLIT_LAYERS = tuple(_SPLIT_CLASSES.values())
+# Layers whose (cheap) weight gradients are computed in B by plain autograd.
+WEIGHTS_IN_B = (nn.LayerNorm,)
 
 
 def make_splittable(module: nn.Module) -> nn.Module:
-    """Switch exact nn.Linear / nn.LayerNorm / nn.Embedding submodules to their split twins, in place.
+    """Switch exact nn.Linear / nn.Embedding submodules to their split twins, in place.
 
     Only layers whose type is exactly the torch class are switched (a subclass
     may override forward); embeddings with max_norm or sparse gradients are

@@ -42,7 +42,7 @@ class TrainConfig:
     progress: bool = False
 
 
-def _rank_main(rank: int, world: int, device: torch.device, schedule_text: str, cfg: TrainConfig) -> dict:
+def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, cfg: TrainConfig) -> dict:
     """One rank's training loop; returns its losses (last stage), times and memory figures.
 
     With one rank it trains the whole model unpipelined on the schedule's
@@ -121,7 +121,7 @@ def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None)
         raise PipesynthError(
             f"ranks: the schedule runs on {schedule.problem.devices} ranks; give that or 1 (the unpipelined reference)"
         )
-    per_rank = launch(_rank_main, ranks, dumps(schedule), cfg, device=cfg.device, timeout=cfg.timeout)
+    per_rank = launch(train_rank, ranks, dumps(schedule), cfg, device=cfg.device, timeout=cfg.timeout)
     losses = next(r["losses"] for r in per_rank if "losses" in r)
     for r in per_rank:
         r.pop("losses", None)
@@ -133,3 +133,33 @@ def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None)
         "losses": losses,
         "ranks": per_rank,
     }
+
+
+def main() -> None:
+    """Under torchrun: `torchrun --nproc-per-node 4 -m pipesynth.runtime.train FILE --steps 20`."""
+    import argparse
+    import json
+
+    import torch.distributed as dist
+
+    from pipesynth.runtime.launch import init_from_env
+    from pipesynth.schedule_file import load
+
+    parser = argparse.ArgumentParser(description="Train the tiny GPT with a schedule, one process per rank.")
+    parser.add_argument("file")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, LOCAL_RANK's GPU)")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args()
+    cfg = TrainConfig(steps=args.steps, seed=args.seed, device=args.device, timeout=args.timeout, progress=True)
+    rank, world, device = init_from_env(args.device, args.timeout)
+    try:
+        report = train_rank(rank, world, device, dumps(load(args.file)), cfg)
+    finally:
+        dist.destroy_process_group()
+    print(json.dumps({k: v for k, v in report.items() if k != "step_seconds"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,8 +10,8 @@ import typer
 from pipesynth.cli import command
 from pipesynth.cli.options import parse_cost, parse_numbers
 from pipesynth.errors import InvalidScheduleError
-from pipesynth.schedule_file import _read, dumps, load, write_text_atomic
-from pipesynth.torch_csv import from_torch_csv, to_torch_csv
+from pipesynth.schedule_file import dumps, load, write_text_atomic
+from pipesynth.torch_csv import load_torch_csv, to_torch_csv
 from pipesynth.validate import find_violations
 
 
@@ -64,9 +64,8 @@ def import_(
 
     Example: pipesynth import zb-h1.csv -o zb-h1.json --cost F=1,B=1,W=1
     """
-    schedule = from_torch_csv(
-        _read(file),
-        source=str(file),
+    schedule = load_torch_csv(
+        file,
         name=name or file.stem,
         cost=parse_cost(cost),
         comm=comm,
