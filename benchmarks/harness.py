@@ -56,12 +56,13 @@ class DelayConfig:
         f, b, w = (float(x) for x in args.cost.split(","))
         return cls(args.devices, args.microbatches, args.unit_ms / 1e3, (f, b, w), args.steps, args.warmup)
 
-    def describe(self) -> list[str]:
+    def describe(self, measured: str | None = None) -> list[str]:
+        """The set-up, for a results file; `measured` says what was timed (default: the median of the steps)."""
         f, b, w = self.cost
+        measured = measured or f"median of {self.steps} steps after {self.warmup} warm-up steps"
         return [
             f"Delay workload: {self.devices} ranks (gloo, CPU), {self.microbatches} microbatches, "
-            f"F/B/W = {f:g}/{b:g}/{w:g} units of {self.unit_s * 1e3:g} ms (sleep), tiny tensors; "
-            f"median of {self.steps} steps after {self.warmup} warm-up steps.",
+            f"F/B/W = {f:g}/{b:g}/{w:g} units of {self.unit_s * 1e3:g} ms (sleep), tiny tensors; {measured}.",
             f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}.",
         ]
 

@@ -60,3 +60,39 @@ def test_delay_stages_take_the_problem_costs():
     assert (s.f, s.b, s.w) == pytest.approx((0.01, 0.02, 0.03))
     s = delay.delay_stages(fused, 0.01)[0]
     assert (s.f, s.b, s.w) == pytest.approx((0.01, 0.05, 0.0))
+
+
+COSTS = {"zb-h1": {"F": 1, "B": 2, "W": 3}, "1f1b": {"F": 1, "B": 5}}  # 1F1B fuses B and W
+
+
+def record_naps(rank, world, device):
+    """Per schedule, one step of our executor on delay stages: (pass, seconds) of every sleep, and the rank's passes."""
+    from pipesynth.runtime.executor import PipelineExecutor
+
+    current, naps, out = [None], [], {}
+    delay.nap = lambda seconds: naps.append((current[0], seconds)) if seconds > 0 else None
+    for name in COSTS:
+        schedule = generate(name, world, 2, cost={"F": 1, "B": 2, "W": 3})
+        modules = delay.delay_stages(schedule.problem, 1.0, schedule.problem.stages_on(rank))
+        executor = PipelineExecutor(schedule, modules, delay.delay_loss)
+        for op in ("forward", "backward", "weight"):
+            run = getattr(executor, f"_{op}")
+
+            def traced(action, run=run):
+                current[0] = action.key
+                run(action)
+
+            setattr(executor, f"_{op}", traced)
+        executor.step(torch.zeros(2, 4), torch.ones(2, 4))  # the first step also infers shapes (a forward on meta)
+        naps.clear()
+        executor.step(torch.zeros(2, 4), torch.ones(2, 4))
+        out[name] = (list(naps), [a.key for a in executor.actions])
+    return out
+
+
+def test_our_executor_sleeps_each_pass_its_own_cost_once():
+    from pipesynth.runtime.launch import launch
+
+    for per_schedule in launch(record_naps, 2):
+        for name, (naps, passes) in per_schedule.items():
+            assert sorted(naps) == sorted((key, COSTS[name][key[0]]) for key in passes), name
