@@ -118,19 +118,21 @@ def solve(
     )
     params = SolverParams(workers=workers, seed=seed, deterministic=deterministic)
     outcome: dict[str, SolveResult | BaseException] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             outcome["result"] = run_solver(problem, time_limit, params=params, progress=None if quiet else _Printer())
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
+    threading.Thread(target=work, daemon=True).start()
     interrupted = False
-    while worker.is_alive():
+    while not done.is_set():
         try:
-            worker.join(0.2)
+            time.sleep(0.1)  # not Thread.join: a Ctrl-C inside join can corrupt the thread's state (CPython 3.11)
         except KeyboardInterrupt:
             interrupted = True
             typer.echo("interrupt: stopping the search, keeping the best schedule so far", err=True)

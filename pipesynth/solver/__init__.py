@@ -113,9 +113,9 @@ def solve(
     for block, status in blocks:
         offer(f"block T={block.interval:g} repeated", repeated(block, problem), block, status)
     reorders = Background([(reordered, (block, problem)) for block, _ in blocks], inline=params.deterministic)
-    for (block, status), schedule in zip(blocks, reorders.collect(deadline)):
+    for (block, status), schedule in zip(blocks, reorders.collect(deadline, params.stop)):
         offer(f"block T={block.interval:g} reordered", schedule, block, status)
-    for schedule in generators.collect(deadline):
+    for schedule in generators.collect(deadline, params.stop):
         offer(schedule.name if schedule is not None else "", schedule)
     base = min(candidates, key=lambda label: candidates[label].metrics.makespan)
     best = candidates[base]
