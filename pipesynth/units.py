@@ -63,4 +63,3 @@ def format_bytes(value: float) -> str:
         if size >= scale:
             return f"{size / scale:.4g} {suffix} ({size:.0f} bytes)"
     return f"{size:.0f} bytes"
-
