@@ -12,10 +12,10 @@ from typer.testing import CliRunner  # noqa: E402
 from pipesynth.cli import app  # noqa: E402
 from pipesynth.errors import InfeasibleError, PipesynthError  # noqa: E402
 from pipesynth.planning import plan_problem  # noqa: E402
-from pipesynth.runtime.executor import PipelineExecutor  # noqa: E402
+from pipesynth.runtime.executor import PipelineExecutor, TensorMeta  # noqa: E402
 from pipesynth.runtime.launch import launch  # noqa: E402
 from pipesynth.runtime.planner import plan_pipeline  # noqa: E402
-from pipesynth.runtime.profile import profile_stages  # noqa: E402
+from pipesynth.runtime.profile import measure_comm, profile_stages  # noqa: E402
 from pipesynth.schedule_file import dumps, load_problem, loads, save_problem  # noqa: E402
 from pipesynth.units import PROFILED  # noqa: E402
 
@@ -75,11 +75,12 @@ def _run_plan(rank, world, device, text):
     return executor.stats.peak_bytes
 
 
-def test_profile_plan_run_measured_peak_is_the_walk_and_within_the_budget():
+@pytest.mark.parametrize("split_backward", [True, False])
+def test_profile_plan_run_measured_peak_is_the_walk_and_within_the_budget(split_backward):
     """The whole path: profile -> plan under a byte budget -> executor on 2 ranks measures what was predicted."""
     x, y = sample(4)
     prof = profile_stages(stages(4), x, y, nn.functional.mse_loss, repeats=1, warmup=0, comm=0)
-    problem = prof.problem(2, 4, "v")
+    problem = prof.problem(2, 4, "v", split_backward=split_backward)
     budget = 0.75 * 4 * max(problem.device_activation(d) for d in range(2))
     plan = plan_problem(problem, budget, time_limit=2, deterministic=True)
     measured = launch(_run_plan, 2, dumps(plan), timeout=30)
@@ -151,3 +152,14 @@ def test_cli_profile_says_when_the_model_cannot_be_split(tmp_path):
     result = CliRunner().invoke(app, ["profile", "--devices", "4", "--blocks", "4", "-o", str(tmp_path / "p.json")])
     assert result.exit_code == 2
     assert "4 blocks and cannot be split into 8 stages" in result.output
+
+
+def test_comm_is_measured_between_two_local_ranks():
+    latency = measure_comm(TensorMeta((ROWS, WIDTH), torch.float32), iters=5, warmup=1)
+    assert 0 < latency < 1e6  # microseconds: more than nothing, less than a second
+
+
+def test_unknown_statistic_is_refused():
+    x, y = sample()
+    with pytest.raises(PipesynthError, match="statistic: expected one of median, mean"):
+        profile_stages(stages(2), x, y, nn.functional.mse_loss, comm=0, statistic="mode")
