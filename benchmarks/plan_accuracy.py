@@ -43,11 +43,12 @@ from harness import write_results  # noqa: E402
 
 from pipesynth.planning import plan_problem  # noqa: E402
 from pipesynth.problem import Problem  # noqa: E402
-from pipesynth.runtime.delay import DelayStage, delay_loss  # noqa: E402
+from pipesynth.runtime.delay import delay_loss  # noqa: E402
 from pipesynth.runtime.executor import PipelineExecutor  # noqa: E402
 from pipesynth.runtime.launch import launch  # noqa: E402
 from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt  # noqa: E402
 from pipesynth.runtime.profile import ModelProfile, profile_stages  # noqa: E402
+from pipesynth.runtime.split import _defer  # noqa: E402
 from pipesynth.schedule import Schedule, from_order  # noqa: E402
 from pipesynth.schedule_file import dumps, loads  # noqa: E402
 from pipesynth.solver.hints import handcrafted  # noqa: E402
@@ -70,17 +71,39 @@ class _Ballast(torch.autograd.Function):
         return grad, None
 
 
+class _Sleeps(torch.autograd.Function):
+    """Identity sleeping f in F and b in B, and queueing a w sleep for W (as a split layer queues its product)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, f: float, b: float, w: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.b, ctx.w = b, w
+        time.sleep(f)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        time.sleep(ctx.b)
+        w = ctx.w
+        if not _defer(lambda: time.sleep(w)):
+            time.sleep(ctx.w)  # a fused backward: W's time now
+        return grad, None, None, None
+
+
 class BallastDelayStage(nn.Module):
-    """DelayStage (sleeps f, b, w seconds) + ballast freed by B + a Linear whose input and grad W keeps."""
+    """A Linear whose input and output gradient W keeps + sleeps of f, b, w seconds in F, B, W + ballast freed by B.
+
+    Its only parameters are the (split) Linear's, so the executor splits B and W by deferral alone.
+    """
 
     def __init__(self, f: float, b: float, w: float) -> None:
         super().__init__()
-        self.delay = DelayStage(f, b, w, width=WIDTH)
+        self.f, self.b, self.w = f, b, w
         self.linear = nn.Linear(WIDTH, WIDTH, bias=False)
         self.ballast = 2 * ROWS * WIDTH
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(_Ballast.apply(self.delay(x), self.ballast))
+        # The Linear first: its weight puts even stage 0's sleeps and ballast on the autograd graph.
+        return _Ballast.apply(_Sleeps.apply(self.linear(x), self.f, self.b, self.w), self.ballast)
 
 
 @dataclass(frozen=True)

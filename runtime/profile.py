@@ -1,9 +1,10 @@
 """Measure a model's pipeline stages: pass times, activation bytes, P2P latency -> a Problem.
 
 Each stage runs its F, B and W on one device exactly as the executor runs
-them (executor.py): F under the activation meter's saved-tensor hooks, the
-last stage's F including the loss; B with the split layers deferring their
-weight-gradient products (split.py); W draining that queue. Times are the
+them, with the executor's own functions: F under the activation meter's
+saved-tensor hooks, the last stage's F including the loss; B as
+`input_backward` (split layers deferring their weight-gradient products,
+other parameters split along the autograd graph); W as `weight_backward`. Times are the
 median (or mean) over `repeats` runs after `warmup`; activation bytes are what the
 meter holds after F and still holds after B: the bytes the executor's meter
 counts. The problem comes out in microseconds and bytes (`Units(time="us",
@@ -17,7 +18,7 @@ to the end of B, and `kept_for_w` to the level after B: the simulated level
 is then exact after B and never below the real one before, so a planned cap
 holds (`ModelProfile.peak_bytes` walks the finer three levels).
 
-Profiling switches the stages' Linear / LayerNorm / Embedding layers to
+Profiling switches the stages' Linear and Embedding layers to
 their split twins in place (as the executor would) and leaves every
 parameter's `.grad` as it found it.
 """
@@ -36,9 +37,9 @@ from torch import nn
 
 from pipesynth.errors import PipesynthError
 from pipesynth.problem import Problem, make_problem, placement_for
-from pipesynth.runtime.executor import PipelineError, TensorMeta
+from pipesynth.runtime.executor import PipelineError, TensorMeta, graph_split_params, input_backward, weight_backward
 from pipesynth.runtime.memory import ActivationMeter
-from pipesynth.runtime.split import WeightGradTask, deferring, make_splittable
+from pipesynth.runtime.split import make_splittable
 from pipesynth.schedule import Schedule
 from pipesynth.units import PROFILED
 
@@ -204,8 +205,11 @@ def _profile_stage(
     after_f = during_b = after_b = 0
     output: torch.Tensor | None = None
     grad_out: torch.Tensor | None = None
+    params = graph_split_params(module)
     for rep in range(warmup + repeats):
-        inp = x.detach().requires_grad_(True) if x.dtype.is_floating_point and stage > 0 else x
+        # As the executor: a float input takes a gradient past stage 0, or for a graph split to follow.
+        wants_grad = x.dtype.is_floating_point and (stage > 0 or params is not None)
+        inp = x.detach().requires_grad_(True) if wants_grad else x
         base = meter.level
         _sync(device)
         t0 = time.perf_counter()
@@ -228,18 +232,16 @@ def _profile_stage(
             grad_out = None if last else torch.ones_like(output)
         after_f = meter.level - base
         meter.reset_peak()
-        queue: list[WeightGradTask] = []
         _sync(device)
         t2 = time.perf_counter()
-        with deferring(queue, meter.hold):
-            torch.autograd.backward([out], None if grad_out is None else [grad_out])
+        deferred = input_backward(out, None if grad_out is None else [grad_out], inp, params, meter.hold)
         _sync(device)
         t3 = time.perf_counter()
         del out
         after_b = meter.level - base
         during_b = meter.peak - base
-        while queue:
-            queue.pop(0)()
+        weight_backward(*deferred)
+        del deferred
         _sync(device)
         t4 = time.perf_counter()
         if rep >= warmup:
