@@ -25,3 +25,5 @@ schedules:
 		$(PYTHON) -m pipesynth schedule $$name -d 4 -m 8 -o schedules/$$name-d4-m8.json || exit 1; \
 	done
 	$(PYTHON) -m pipesynth schedule interleaved-1f1b -d 4 -m 8 -v 2 -o schedules/interleaved-1f1b-d4-m8.json
+	# Solved V-shape files and their index schedules/README.md (pipesynth solve, deterministic; a few minutes).
+	PYTHONPATH=. $(PYTHON) schedules/solved.py

@@ -140,11 +140,8 @@ class PipelineExecutor:
         self._graph_split: dict[int, list[torch.Tensor]] = {}
         if self.problem.split_backward:
             for s, module in self.modules.items():
-                make_splittable(module)
-                split = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
-                in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
-                params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
-                if any(id(p) not in in_b for p in params):
+                params = graph_split_params(make_splittable(module))
+                if params is not None:
                     self._graph_split[s] = params
         self.actions: list[Action] = schedule.actions[self.rank]
         self.grads_ready = grads_ready
@@ -361,7 +358,8 @@ class PipelineExecutor:
             raise PipelineError(
                 f"rank {self.rank}: {name} batch of {batch.shape[0]} does not split into {m} equal microbatches"
             )
-        return [c.to(self.device) for c in batch.chunk(m)]
+        # One copy per microbatch: its memory is its own (freed with it, counted per microbatch as profiled).
+        return [c.to(self.device, copy=True) for c in batch.chunk(m)]
 
     def _broadcast(self, loss: torch.Tensor | None) -> torch.Tensor:
         src = self.problem.placement[self.last_stage]
@@ -403,17 +401,8 @@ class PipelineExecutor:
         before = self.meter.level if self.meter else 0
         grads = None if grad is None else [grad]
         if out is not None and self.problem.split_backward:
-            queue: list[WeightGradTask] = []
-            plan = None
-            if s in self._graph_split and x is not None:
-                root = out.node if isinstance(out, GradientEdge) else out.grad_fn
-                plan = plan_weight_backward(root, x, self._graph_split[s], defers_weights)
-            with deferring(queue, self.meter.hold if self.meter else None):
-                if plan is None:
-                    torch.autograd.backward([out], grads)
-                else:
-                    backward_input(plan, [out], grads, x)
-            self._w_tasks[(s, j)] = (queue, plan)
+            params = self._graph_split.get(s)
+            self._w_tasks[(s, j)] = input_backward(out, grads, x, params, self.meter.hold if self.meter else None)
         elif out is not None:
             torch.autograd.backward([out], grads)
         del out, grad
@@ -425,11 +414,7 @@ class PipelineExecutor:
             self._give(("B", s, j), ("B", s - 1, j), gx)
 
     def _weight(self, action: Action) -> None:
-        queue, plan = self._w_tasks.pop((action.stage, action.mb), ([], None))
-        for task in queue:
-            task()
-        if plan is not None:
-            backward_weight(plan)
+        weight_backward(*self._w_tasks.pop((action.stage, action.mb), ([], None)))
 
     # ---------------------------------------------------------------- memory
 
@@ -458,6 +443,51 @@ class PipelineExecutor:
                 level -= kept
             peak = max(peak, level)
         return float(peak)
+
+
+def graph_split_params(module: nn.Module) -> list[torch.Tensor] | None:
+    """The parameters of a (splittable) stage whose B/W split must follow the autograd graph, or None.
+
+    None when the split layers and the LayerNorms (whose weight gradient B
+    computes) hold every trainable parameter: deferring alone splits B and W.
+    """
+    split = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
+    in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
+    params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
+    return params if any(id(p) not in in_b for p in params) else None
+
+
+def input_backward(
+    out: torch.Tensor | GradientEdge,
+    grads: list[torch.Tensor] | None,
+    x: torch.Tensor | None,
+    params: list[torch.Tensor] | None,
+    hold: Callable[[torch.Tensor], object] | None,
+) -> tuple[list[WeightGradTask], WeightPlan | None]:
+    """A split B: input gradients now; the weight-gradient work queued (and planned) for W.
+
+    `params`: the stage's graph-split parameters (graph_split_params), split
+    along the graph when the stage has a floating input `x` to split on.
+    """
+    queue: list[WeightGradTask] = []
+    plan = None
+    if params is not None and x is not None:
+        root = out.node if isinstance(out, GradientEdge) else out.grad_fn
+        plan = plan_weight_backward(root, x, params, defers_weights)
+    with deferring(queue, hold):
+        if plan is None:
+            torch.autograd.backward([out], grads)
+        else:
+            backward_input(plan, [out], grads, x)
+    return queue, plan
+
+
+def weight_backward(queue: list[WeightGradTask], plan: WeightPlan | None) -> None:
+    """The W of a split B: the deferred products, then the graph-split weight gradients."""
+    while queue:
+        queue.pop(0)()
+    if plan is not None:
+        backward_weight(plan)
 
 
 def _device_of(modules: dict[int, nn.Module]) -> torch.device:

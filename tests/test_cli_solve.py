@@ -67,3 +67,10 @@ def test_bad_inputs_fail_in_one_line():
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_pareto_solve_adds_the_solver_points():
+    result = run("pareto", "-d", 2, "-m", 4, "--solve", "--solve-time", 1)
+    assert result.exit_code == 0, result.output
+    assert "solve@1x" in result.stdout
+    assert "solve@0.3x: infeasible" in result.stderr  # below one microbatch of a device's activation

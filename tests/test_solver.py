@@ -109,3 +109,30 @@ def test_solved_schedules_are_valid_within_the_cap_and_never_worse_than_the_hint
     assert result.lower_bound <= result.makespan + 1e-9
     assert makespan_lower_bound(problem) <= result.makespan + 1e-9
     assert result.makespan <= min(h.metrics.makespan for h in handcrafted(problem)) + 1e-9
+
+
+def test_a_stopped_search_still_returns_a_valid_schedule_marked_interrupted():
+    params = SolverParams(workers=1)
+    params.request_stop()  # what Ctrl-C does in the CLI
+    result = solve(make_problem(3, 6, "v", cap=4), time_limit=5.0, params=params)
+    assert result.status == "interrupted"
+    assert find_violations(result.schedule) == []
+
+
+def test_uneven_stages_partial_kept_for_w_and_fractional_comm():
+    """Embedding-heavy first stage, head-heavy last stage, W keeping half: scaled to integers, still exact."""
+    p = make_problem(
+        3,
+        6,
+        "loop",
+        chunks=2,
+        cost={"F": [2, 1, 1, 1, 1, 3], "B": [2, 1, 1, 1, 1, 3], "W": 1},
+        comm=0.5,
+        activation=[3, 1, 1, 1, 1, 2],
+        kept_for_w=[1.5, 0.5, 0.5, 0.5, 0.5, 1],
+    )
+    p = p.with_cap(tuple(c + 2 for c in smallest_feasible_cap(p)))
+    result = solve(p, **FAST)
+    assert find_violations(result.schedule) == []
+    assert all(peak <= cap for peak, cap in zip(result.schedule.metrics.peak_memory, p.cap))
+    assert result.makespan >= makespan_lower_bound(p)

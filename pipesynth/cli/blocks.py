@@ -13,7 +13,7 @@ from pipesynth.cli import command
 from pipesynth.cli.options import parse_cost
 from pipesynth.generators import problem_for
 from pipesynth.generators.vshape import BLOCKS, v_block
-from pipesynth.pareto import pareto_figure, pareto_points, pareto_table
+from pipesynth.pareto import mark_frontier, pareto_figure, pareto_points, pareto_table
 from pipesynth.render import Bar, gantt_figure, gantt_text
 
 
@@ -69,12 +69,22 @@ def pareto(
     comm: Annotated[float, typer.Option("--comm", help="Latency of a send between devices.", min=0)] = 0.0,
     out: Annotated[Path | None, typer.Option("--out", help="Scatter plot to this PNG or SVG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the points as JSON instead of a table.")] = False,
+    solve: Annotated[
+        bool, typer.Option("--solve", help="Add pipesynth solve's best makespan at caps 0.3x to 1x (V placement).")
+    ] = False,
+    solve_time: Annotated[float, typer.Option("--solve-time", help="Seconds per solved cap.", min=0.1)] = 10.0,
 ) -> None:
     """Peak memory (relative to 1F1B) against bubble rate for every schedule family on one model.
 
+    With --solve, the solver's schedules at a sweep of caps join the table and plot.
     Example: pipesynth pareto --devices 8 --microbatches 32 --cost F=3,B=4,W=2 --out pareto.png
     """
     points, skipped = pareto_points(devices, microbatches, parse_cost(cost), comm)
+    if solve:
+        from pipesynth.solver.pareto import solver_points  # OR-Tools only when asked
+
+        solved, notes = solver_points(devices, microbatches, parse_cost(cost), comm, time_limit=solve_time)
+        points, skipped = mark_frontier(points + solved), skipped + notes
     if as_json:
         typer.echo(json.dumps({"points": [p.as_dict() for p in points], "skipped": skipped}, indent=1))
     else:

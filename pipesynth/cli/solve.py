@@ -61,8 +61,7 @@ def build_problem(
             split_backward=not fused,
         )
     if memory is not None:
-        spec = memory if memory.strip().lower().endswith("x") else parse_numbers(memory, "--memory")
-        problem = problem.with_cap(parse_cap(spec, problem))
+        problem = problem.with_cap(parse_cap(memory, problem))
     return problem
 
 
@@ -94,7 +93,8 @@ def solve(
     kept_for_w: Annotated[str | None, typer.Option("--kept-for-w", help="Part of the activation W needs.")] = None,
     fused: Annotated[bool, typer.Option("--fused/--split", help="Fused backward (no W pass) or split.")] = False,
     memory: Annotated[
-        str | None, typer.Option("--memory", "--cap", help="Cap per device: 6, 6:6:4:4, or 0.5x of 1F1B's peak.")
+        str | None,
+        typer.Option("--memory", "--cap", help="Cap per device: 6, 6:6:4:4, 12GiB, or 0.5x of 1F1B's peak."),
     ] = None,
     problem_file: Annotated[
         Path | None, typer.Option("--problem", help="Read the problem (schedule-file `problem` object) from FILE.")
@@ -118,19 +118,21 @@ def solve(
     )
     params = SolverParams(workers=workers, seed=seed, deterministic=deterministic)
     outcome: dict[str, SolveResult | BaseException] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             outcome["result"] = run_solver(problem, time_limit, params=params, progress=None if quiet else _Printer())
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
+    threading.Thread(target=work, daemon=True).start()
     interrupted = False
-    while worker.is_alive():
+    while not done.is_set():
         try:
-            worker.join(0.2)
+            time.sleep(0.1)  # not Thread.join: a Ctrl-C inside join can corrupt the thread's state (CPython 3.11)
         except KeyboardInterrupt:
             interrupted = True
             typer.echo("interrupt: stopping the search, keeping the best schedule so far", err=True)

@@ -92,35 +92,34 @@ def solve(
     will_polish = problem.microbatches * problem.stages * len(problem.ops) <= polish_passes
     # Slow builders run in a child while the block search runs here; they get
     # until `deadline`, the polish (if the model is small enough) the rest.
+    # Small problems wait for every hint (seconds at most), so the result is never worse than any of them.
     small = problem.microbatches * problem.stages * len(problem.ops) <= 2000
-    deadline = started + (0.5 if small else 0.75 if will_polish else 0.9) * time_limit
+    deadline = None if small else started + (0.75 if will_polish else 0.9) * time_limit
     generators = Background(generator_jobs(problem), inline=params.deterministic)
-    candidates = [sequential(problem)]
+    candidates: dict[str, Schedule] = {"sequential": sequential(problem)}
+
+    def offer(label: str, schedule: Schedule | None, block: Block | None = None, status: str = "") -> None:
+        if schedule is not None:
+            if block is not None:
+                schedule.provenance["block"] = _block_record(block, status)
+            candidates[label] = schedule
+            report(progress, "hints", f"{label}: makespan {schedule.metrics.makespan:g}", elapsed())
+
     blocks: list[tuple[Block, str]] = []
     if not params.stopped:
         budget = min(max(0.3 * time_limit, 0.5), 30.0)
         found = search_block(problem, params, budget, progress)
         blocks = [(found.block, found.status), *((b, "feasible") for b in found.others)]
     for block, status in blocks:
-        quick = repeated(block, problem)
-        if quick is not None:
-            quick.provenance["block"] = _block_record(block, status)
-            candidates.append(quick)
-            report(progress, "block", f"T={block.interval:g} repeated: makespan {quick.metrics.makespan:g}", elapsed())
+        offer(f"block T={block.interval:g} repeated", repeated(block, problem), block, status)
     reorders = Background([(reordered, (block, problem)) for block, _ in blocks], inline=params.deterministic)
-    for (block, status), schedule in zip(blocks, reorders.collect(deadline)):
-        if schedule is not None:
-            schedule.provenance["block"] = _block_record(block, status)
-            candidates.append(schedule)
-            report(
-                progress, "block", f"T={block.interval:g} reordered: makespan {schedule.metrics.makespan:g}", elapsed()
-            )
-    for schedule in generators.collect(deadline):
-        if schedule is not None:
-            candidates.append(schedule)
-            report(progress, "hints", f"{schedule.name}: makespan {schedule.metrics.makespan:g}", elapsed())
-    best = min(candidates, key=lambda s: s.metrics.makespan)
-    base, block_record = best.name, best.provenance.get("block")
+    for (block, status), schedule in zip(blocks, reorders.collect(deadline, params.stop)):
+        offer(f"block T={block.interval:g} reordered", schedule, block, status)
+    for schedule in generators.collect(deadline, params.stop):
+        offer(schedule.name if schedule is not None else "", schedule)
+    base = min(candidates, key=lambda label: candidates[label].metrics.makespan)
+    best = candidates[base]
+    block_record = best.provenance.get("block")
     report(progress, "hints", f"best start: {base}", elapsed(), makespan=best.metrics.makespan, bound=bound)
     cp_status = None
     left = time_limit - elapsed()
@@ -144,6 +143,7 @@ def solve(
         "gap": round(gap, 6),
         "seconds": seconds,
     }
+    provenance["starts"] = {label: _clean(c.metrics.makespan) for label, c in candidates.items()}
     if block_record is not None:
         provenance["block"] = block_record
     schedule = replace(best, name="solved", provenance={"generator": best.provenance.get("generator"), **provenance})

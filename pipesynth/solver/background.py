@@ -78,16 +78,17 @@ class Background:
         except (EOFError, OSError, pickle.UnpicklingError):
             self.inbox.put(None)
 
-    def collect(self, deadline: float) -> list[Any]:
-        """One entry per job: its result, or None if it failed or missed `deadline` (time.monotonic())."""
-        while self.child is not None and len(self.results) < len(self.jobs):
-            wait = deadline - time.monotonic()
+    def collect(self, deadline: float | None, stop: threading.Event | None = None) -> list[Any]:
+        """One entry per job: its result, or None if it failed or missed `deadline` (time.monotonic(), or None
+        to wait for every job) or `stop` was set first."""
+        while self.child is not None and len(self.results) < len(self.jobs) and not (stop and stop.is_set()):
+            wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
             if wait <= 0:
                 break
             try:
                 item = self.inbox.get(timeout=wait)
             except queue.Empty:
-                break
+                continue
             if item is None:  # the child ended
                 break
             self.results[item[0]] = item[1]

@@ -13,8 +13,9 @@ start modulo T, has q + [d < rho] live copies. Memory peaks right after an F
 (DESIGN.md counts memory in list order), so for every F on a device the sum
 over the device's segments, at that F's phase, must fit the cap.
 
-`search_block` finds the smallest T with a block (T from the work bound up;
-bisection where the work bound is infeasible), then the shortest block at it.
+`search_block` finds the smallest T it can (bisecting with fixed-T probes
+between the work bound and the interval of a greedy or uniform-slot block),
+then the shortest block at that T.
 """
 
 from __future__ import annotations
@@ -48,48 +49,30 @@ class BlockModelResult:
 
 def solve_block(
     scaled: Scaled,
-    interval: tuple[int, int],
+    T: int,
     params: SolverParams,
     time_limit: float,
     optimize: bool,
     hint: tuple[int, dict[PassId, int]] | None = None,
     horizon: int | None = None,
 ) -> BlockModelResult:
-    """Find a block repeatable every T in `interval` (lo, hi).
-
-    With `optimize`, minimize T first and then the block's length; else stop
-    at the first block. A fixed T (lo == hi) keeps the model linear; a range
-    multiplies the copy counts by the variable T (CP-SAT linearizes products
-    of small domains), which lets a known block seed the search.
-    """
+    """Find a block repeatable every T (the shortest one if `optimize`)."""
     p = scaled.problem
-    lo, hi = interval
     passes = scaled.passes()
-    lo = max(lo, max(scaled.c(*k) for k in passes))
-    if lo > hi:
+    if any(scaled.c(*k) > T for k in passes):
         return BlockModelResult("infeasible", None, None, None)
     heads, tails = heads_and_tails_scaled(scaled)
     chain = max(heads[k] + scaled.c(*k) + tails[k] for k in passes)
     if horizon is None:
-        horizon = chain + len(passes) * hi  # generous: a block may wait up to T per pass
+        horizon = chain + len(passes) * T  # generous: a block may wait up to T per pass
     model = cp_model.CpModel()
-    T = lo if lo == hi else model.new_int_var(lo, hi, "T")
-
-    def times_t(q: cp_model.IntVar, name: str):
-        if isinstance(T, int):
-            return q * T
-        qt = model.new_int_var(0, horizon, name)
-        model.add_multiplication_equality(qt, [q, T])
-        return qt
-
     off, rem = {}, {}
     for op, s in passes:
         c = scaled.c(op, s)
         o = model.new_int_var(heads[(op, s)], max(heads[(op, s)], horizon - c - tails[(op, s)]), f"o_{op}{s}")
-        r = model.new_int_var(0, hi - 1, f"r_{op}{s}")
-        model.add(r <= T - 1)
-        q = model.new_int_var(0, horizon // lo, f"q_{op}{s}")
-        model.add(o == times_t(q, f"qT_{op}{s}") + r)
+        r = model.new_int_var(0, T - 1, f"r_{op}{s}")
+        q = model.new_int_var(0, horizon // T, f"q_{op}{s}")
+        model.add(o == q * T + r)
         off[(op, s)], rem[(op, s)] = o, r
     model.add(off[("F", 0)] == 0)
     for a, b, delay in scaled.edges():
@@ -99,23 +82,18 @@ def solve_block(
         for op, s in passes:
             c = scaled.c(op, s)
             if p.placement[s] == d and c > 0:
-                twin = model.new_int_var(lo, 2 * hi, f"t_{op}{s}")
-                model.add(twin == rem[(op, s)] + T)
                 spans.append(model.new_fixed_size_interval_var(rem[(op, s)], c, f"i_{op}{s}"))
-                spans.append(model.new_fixed_size_interval_var(twin, c, f"j_{op}{s}"))
+                spans.append(model.new_fixed_size_interval_var(rem[(op, s)] + T, c, f"j_{op}{s}"))
         model.add_no_overlap(spans)
     if scaled.cap is not None:
-        add_periodic_memory(model, scaled, T, (lo, hi), off, rem, horizon, times_t)
+        add_periodic_memory(model, scaled, T, off, rem, horizon)
     length = model.new_int_var(0, horizon, "length")
     for k in passes:
         model.add(length >= off[k] + scaled.c(*k))
     if optimize:
-        model.minimize(length if isinstance(T, int) else (horizon + 1) * T + length)
-    if hint:
-        hint_t, hint_off = hint
-        if not isinstance(T, int):
-            model.add_hint(T, hint_t)
-        for k, v in hint_off.items():
+        model.minimize(length)
+    if hint and hint[0] == T:
+        for k, v in hint[1].items():
             model.add_hint(off[k], v)
     solver = params.solver(time_limit)
     status = solver.solve(model)
@@ -124,18 +102,14 @@ def solve_block(
     if name in ("optimal", "feasible"):
         if not optimize:
             name = "feasible"
-        t_val = T if isinstance(T, int) else solver.value(T)
-        return BlockModelResult(name, t_val, {k: solver.value(v) for k, v in off.items()}, solver.value(length))
+        return BlockModelResult(name, T, {k: solver.value(v) for k, v in off.items()}, solver.value(length))
     return BlockModelResult(name, None, None, None)
 
 
-def add_periodic_memory(
-    model: cp_model.CpModel, scaled: Scaled, T, interval: tuple[int, int], off, rem, horizon: int, times_t
-) -> None:
+def add_periodic_memory(model: cp_model.CpModel, scaled: Scaled, T: int, off, rem, horizon: int) -> None:
     """Exact steady-state memory after every F, per device, under its cap."""
     p = scaled.problem
     releases: list[Op] = ["B", "W"] if p.split_backward else ["B"]
-    lo, hi = interval
     for d in range(p.devices):
         mine = p.stages_on(d)
         # (stage, amount, whole periods q, remainder rho) per segment of held activation
@@ -145,10 +119,9 @@ def add_periodic_memory(
                 amount = scaled.release(op, s)
                 if amount <= 0:
                     continue
-                q = model.new_int_var(0, horizon // lo, f"lq_{op}{s}")
-                rho = model.new_int_var(0, hi - 1, f"lr_{op}{s}")
-                model.add(rho <= T - 1)
-                model.add(off[(op, s)] + scaled.c(op, s) - off[("F", s)] == times_t(q, f"lqT_{op}{s}") + rho)
+                q = model.new_int_var(0, horizon // T, f"lq_{op}{s}")
+                rho = model.new_int_var(0, T - 1, f"lr_{op}{s}")
+                model.add(off[(op, s)] + scaled.c(op, s) - off[("F", s)] == q * T + rho)
                 segments.append((s, amount, q, rho))
         phase = {}  # (f, s) -> (r_f - r_s) mod T
         for f in mine:
@@ -158,7 +131,7 @@ def add_periodic_memory(
                     continue
                 after = model.new_bool_var(f"after_{f}_{s}")
                 rf, rs = rem[("F", f)], rem[("F", s)]
-                ph = model.new_int_var(0, hi - 1, f"ph_{f}_{s}")
+                ph = model.new_int_var(0, T - 1, f"ph_{f}_{s}")
                 model.add(rf >= rs).only_enforce_if(after)
                 model.add(ph == rf - rs).only_enforce_if(after)
                 model.add(rf < rs).only_enforce_if(after.Not())
@@ -293,7 +266,7 @@ def search_block(
     below, probes = lo - 1, []
     while known[0] - below > 1 and left() > 0.3 * time_limit and not params.stopped:
         T = below + 1 if not probes else (below + known[0]) // 2
-        res = solve_block(scaled, (T, T), params, left() / 4, optimize=False, horizon=horizon)
+        res = solve_block(scaled, T, params, left() / 4, optimize=False, horizon=horizon)
         probes.append((T, res.status))
         report(progress, "block", f"T={T / ts:g}: {res.status}", time.monotonic() - start)
         if res.offsets is not None:
@@ -301,7 +274,7 @@ def search_block(
         else:
             below = T
     T = known[0]
-    best = solve_block(scaled, (T, T), params, left(), optimize=True, hint=known, horizon=horizon)
+    best = solve_block(scaled, T, params, left(), optimize=True, hint=known, horizon=horizon)
     if best.offsets is None:
         best = BlockModelResult("feasible", T, known[1], None)
     proven = {t for t, st in probes if st == "infeasible"}
