@@ -75,11 +75,22 @@ def draw(schedule: Schedule, out_dir: Path = OUT) -> Path:
     return gantt_figure(rows, out_dir / f"{schedule.name}-d{p.devices}-m{p.microbatches}.png", title=title)
 
 
+def train() -> None:
+    """Plan under a memory cap, train the tiny GPT with it on 4 CPU ranks (needs torch: imported here)."""
+    try:
+        from pipesynth.runtime import demo
+    except ImportError as err:
+        print(f"\n(skipping the training demo: {err})")
+        return
+    demo.run(DEVICES, MICROBATCHES)
+
+
 def main() -> None:
     compare({"F": 1, "B": 1, "W": 1})
     schedules = compare({"F": 3, "B": 4, "W": 2})
     best = min(schedules, key=lambda s: s.metrics.makespan)
     print(f"picture written to {draw(best)}")
+    train()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pipesynth.errors import PipesynthError
+from pipesynth.units import Units, parse_bytes
 
 Op = Literal["F", "B", "W"]
 OPS: tuple[Op, ...] = ("F", "B", "W")
@@ -27,7 +28,9 @@ class Problem:
 
     `cost_b` is the input-gradient pass when `split_backward` is true and the
     whole backward otherwise (then `cost_w` is all zeros and no W pass exists).
-    `cap` is a per-device memory cap, or None for no cap.
+    `cap` is a per-device memory cap, or None for no cap. `units` says what
+    the numbers mean when they are measured (see pipesynth.units); None for
+    the abstract units of the generators.
     """
 
     devices: int
@@ -41,6 +44,7 @@ class Problem:
     split_backward: bool = True
     comm: float = 0.0
     cap: tuple[float, ...] | None = None
+    units: Units | None = None
 
     def __post_init__(self) -> None:
         check_problem(self)
@@ -178,21 +182,45 @@ def one_f_one_b_peak(problem: Problem) -> tuple[float, ...]:
 
 
 def parse_cap(spec: str | Number | Sequence[Number] | None, problem: Problem) -> tuple[float, ...] | None:
-    """A cap given as absolute units ("6", [6, 6, 4, 4]) or relative ("0.5x")."""
+    """A cap given as units ("6", [6, 6, 4, 4], "6:6:4:4"), bytes ("12GiB", "8GiB:8GiB") or relative ("0.5x").
+
+    Byte sizes need a problem whose memory is in bytes (`units`), such as a
+    profiled one; a plain number is always in the problem's own units.
+    """
     if spec is None:
         return None
-    if isinstance(spec, str):
-        text = spec.strip().lower()
+    if not isinstance(spec, str):
+        return per_device_cap(spec, problem.devices)
+    text = spec.strip().lower()
+    if text.endswith("x"):
         try:
-            if text.endswith("x"):
-                factor = float(text[:-1])
-                return tuple(factor * peak for peak in one_f_one_b_peak(problem))
-            return per_device_cap(float(text), problem.devices)
+            factor = float(text[:-1])
         except ValueError:
             raise PipesynthError(
-                f"memory: cannot read {spec!r}; give units (e.g. 6) or a multiple of 1F1B's peak (e.g. 0.5x)"
+                f"memory: cannot read {spec!r}; give units (e.g. 6), bytes (e.g. 12GiB) "
+                "or a multiple of 1F1B's peak (e.g. 0.5x)"
             ) from None
-    return per_device_cap(spec, problem.devices)
+        return tuple(factor * peak for peak in one_f_one_b_peak(problem))
+    values = [_cap_value(part, spec, problem) for part in text.split(":")]
+    return per_device_cap(values[0] if len(values) == 1 else values, problem.devices)
+
+
+def _cap_value(part: str, spec: str, problem: Problem) -> float:
+    size = parse_bytes(part)
+    if size is not None:
+        if problem.units is None or not problem.units.bytes:
+            raise PipesynthError(
+                f"memory: {spec!r} is a byte size, but this problem's memory is not in bytes "
+                '(a profiled problem says "units": {"memory": "bytes"}); give a number in its units or 0.5x'
+            )
+        return size
+    try:
+        return float(part)
+    except ValueError:
+        raise PipesynthError(
+            f"memory: cannot read {spec!r}; give units (e.g. 6), bytes (e.g. 12GiB) "
+            "or a multiple of 1F1B's peak (e.g. 0.5x)"
+        ) from None
 
 
 def check_problem(problem: Problem) -> None:

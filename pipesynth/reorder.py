@@ -35,6 +35,18 @@ Rank = Callable[[Op, int, int], tuple]
 PATIENCE = ("", "w", "all")
 
 
+def chain_position(problem: Problem, op: Op, stage: int) -> float:
+    """Where the pass sits in its microbatch's dependency chain: F down the stages, B back up, W after its B.
+
+    Sorting same-time passes by (microbatch, chain position) keeps every
+    dependency first, even when zero costs put them at the same time.
+    """
+    if op == "F":
+        return stage
+    back = 2 * problem.stages - 1 - stage
+    return back if op == "B" else back + 0.5
+
+
 def successors(problem: Problem, op: Op, stage: int, mb: int) -> list[PassKey]:
     """The passes that depend directly on (op, stage, mb)."""
     if op == "F":
@@ -206,7 +218,7 @@ def compact_order(problem: Problem, timed: Sequence[tuple[float, PassKey]], cap:
     memory, over the time it moves across, within `cap`.
     """
     p = problem
-    timed = sorted(timed, key=lambda tk: (tk[0], tk[1][1]))
+    timed = sorted(timed, key=lambda tk: (tk[0], tk[1][2], chain_position(p, tk[1][0], tk[1][1])))
     events: list[list[tuple[float, float]]] = [[] for _ in range(p.devices)]  # (start, memory delta)
     for t, (op, s, _j) in timed:
         events[p.placement[s]].append((t, memory_delta(p, op, s)))
@@ -229,7 +241,7 @@ def compact_order(problem: Problem, timed: Sequence[tuple[float, PassKey]], cap:
             events[d].remove((t, delta))
             bisect.insort(events[d], (g, delta))
     order: Order = [[] for _ in range(p.devices)]
-    for k, _span in sorted(final.items(), key=lambda kv: (kv[1][0], kv[0][1])):
+    for k, _span in sorted(final.items(), key=lambda kv: (kv[1][0], kv[0][2], chain_position(p, kv[0][0], kv[0][1]))):
         order[p.placement[k[1]]].append(k)
     return order
 
@@ -260,18 +272,26 @@ def first_gap(busy: list[tuple[float, float]], lo: float, need: float, limit: fl
     return min(g, limit)
 
 
-def shortest(problem: Problem, candidates: Iterable[tuple[str, Order]], name: str, **provenance) -> Schedule:
+def shortest(
+    problem: Problem,
+    candidates: Iterable[tuple[str, Order]],
+    name: str,
+    cap: Sequence[float] | None = None,
+    **provenance,
+) -> Schedule:
     """Time every candidate order; the one with the smallest makespan (the first on ties).
 
-    Orders that break `problem.cap` are passed over.
+    Orders whose peak breaks `cap` (default `problem.cap`) are passed over.
     """
+    limit = problem.cap if cap is None else cap
     best: Schedule | None = None
     for label, order in candidates:
         s = from_order(problem, order, name, reorder=label, **provenance)
-        if problem.cap is not None and any(pk > c + EPS for pk, c in zip(s.metrics.peak_memory, problem.cap)):
+        if limit is not None and any(pk > c + EPS for pk, c in zip(s.metrics.peak_memory, limit)):
             continue
         if best is None or s.metrics.makespan < best.metrics.makespan - EPS:
             best = s
     if best is None:
-        raise InfeasibleError(f"{name}: no order fits the memory cap")
+        caps = "/".join(f"{c:g}" for c in limit) if limit is not None else "none"
+        raise InfeasibleError(f"{name}: no order fits the memory cap ({caps} per device)")
     return best

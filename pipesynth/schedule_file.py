@@ -17,6 +17,7 @@ from typing import Any
 from pipesynth.errors import PipesynthError, ScheduleFormatError
 from pipesynth.problem import OPS, Problem, per_stage
 from pipesynth.schedule import Action, Metrics, Schedule
+from pipesynth.units import Units
 
 FORMAT = "pipesynth.schedule/1"
 
@@ -34,7 +35,7 @@ def problem_to_dict(problem: Problem) -> dict[str, Any]:
     cost: dict[str, Any] = {"F": _nums(problem.cost_f), "B": _nums(problem.cost_b)}
     if problem.split_backward:
         cost["W"] = _nums(problem.cost_w)
-    return {
+    out: dict[str, Any] = {
         "devices": problem.devices,
         "microbatches": problem.microbatches,
         "placement": list(problem.placement),
@@ -47,6 +48,20 @@ def problem_to_dict(problem: Problem) -> dict[str, Any]:
             "cap": None if problem.cap is None else _nums(problem.cap),
         },
     }
+    if problem.units is not None:
+        out["units"] = {"time": problem.units.time, "memory": problem.units.memory}
+    return out
+
+
+def _units(data: dict[str, Any], path: str) -> Units | None:
+    """The optional `units` object: what a time and a memory number mean (e.g. us, bytes)."""
+    raw = _get(data, "units", path, dict, required=False)
+    if raw is None:
+        return None
+    for key in raw:
+        if key not in ("time", "memory"):
+            raise ScheduleFormatError(f"{path}units.{key}: unknown key; expected time and memory")
+    return Units(time=_get(raw, "time", f"{path}units.", str), memory=_get(raw, "memory", f"{path}units.", str))
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
@@ -149,6 +164,7 @@ def problem_from_dict(data: Any, path: str = "problem.") -> Problem:
             cap = per_stage(cap_value, devices, f"{path}memory.cap", per="device")
         except PipesynthError as err:
             raise ScheduleFormatError(str(err)) from None
+    units = _units(data, path)
     try:
         return Problem(
             devices=devices,
@@ -162,6 +178,7 @@ def problem_from_dict(data: Any, path: str = "problem.") -> Problem:
             split_backward=split,
             comm=float(comm),
             cap=cap,
+            units=units,
         )
     except PipesynthError as err:
         raise ScheduleFormatError(f"{path}{err}") from None

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from pipesynth.blocks import block_violations, memory_bound, steady_peak
 from pipesynth.errors import PipesynthError
 from pipesynth.generators import generate, problem_for
-from pipesynth.generators.vshape import v_block
+from pipesynth.generators.vshape import unit_block, v_block, v_slots
+from pipesynth.schedule import from_order
+from pipesynth.slotgrid import slot_grid_order
 from pipesynth.validate import find_violations
 
 ANCHORS = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/anchors/official_v_schedules.json").read_text())
@@ -51,29 +53,12 @@ def test_bubble_at_16_devices_64_microbatches_is_no_worse_than_the_papers(name, 
     assert max(s.metrics.peak_memory) <= (PEAK.get(name, lambda d: 2 * d))(16)
 
 
-#: Anchor instances where we are still slower than the official implementation (see
-#: benchmarks/results/anchors.md): unequal costs with comm > 0, and ZB-V at 8 devices.
-KNOWN_GAPS = {
-    "zb-v-p8-cost3-4-2",
-    "v-half-p4-cost10-12-7",
-    "zb-v-p4-cost10-12-7",
-    "v-half-p8-cost10-12-7",
-    "zb-v-p8-cost10-12-7",
-    "v-half-p4-cost1852-1809-934",
-    "zb-v-p4-cost1852-1809-934",
-    "v-half-p8-cost1852-1809-934",
-    "zb-v-p8-cost1852-1809-934",
-}
-
-
 def small_anchor_cases():
     for inst in ANCHORS["instances"]:
         if inst["p"] > 8:
             continue
         for name in ("v-min", "v-half", "zb-v"):
-            case = f"{name}-p{inst['p']}-cost{'-'.join(map(str, inst['cost']))}"
-            gap = pytest.mark.xfail(case in KNOWN_GAPS, reason="known gap to the official figure", strict=True)
-            yield pytest.param(inst, name, id=case, marks=gap)
+            yield pytest.param(inst, name, id=f"{name}-p{inst['p']}-cost{'-'.join(map(str, inst['cost']))}")
 
 
 @pytest.mark.parametrize("inst,name", small_anchor_cases())
@@ -142,3 +127,13 @@ def test_cap_is_respected_or_refused():
     assert max(s.metrics.peak_memory) <= 6 and find_violations(s) == []
     with pytest.raises(PipesynthError, match="needs the V-shape placement|needs at least 2 devices"):
         generate("v-half", 1, 4)
+
+
+@pytest.mark.parametrize("name", ["v-min", "v-half", "v-zb"])
+@pytest.mark.parametrize("devices,microbatches", [(2, 1), (3, 2), (4, 16), (5, 7), (6, 19)])
+def test_slot_grid_plan_is_valid_within_the_papers_memory(name, devices, microbatches):
+    p = problem_for(name, devices, microbatches, cost={"F": 3, "B": 4, "W": 2}, comm=0.5)
+    unit = unit_block(p, v_slots(p, name))
+    s = from_order(p, slot_grid_order(unit.problem, unit.offsets, microbatches), name)
+    assert find_violations(s) == []
+    assert max(s.metrics.peak_memory) <= PEAK[name](devices)

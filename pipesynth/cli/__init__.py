@@ -80,6 +80,9 @@ def main() -> None:
 
 # Importing the command modules registers their commands on `app`.
 from pipesynth.cli import files  # noqa: E402,F401,I001
+from pipesynth.cli import interop  # noqa: E402,F401
 from pipesynth.cli import schedules  # noqa: E402,F401
+from pipesynth.cli import train  # noqa: E402,F401
 from pipesynth.cli import blocks  # noqa: E402,F401
 from pipesynth.cli import solve  # noqa: E402,F401
+from pipesynth.cli import profile  # noqa: E402,F401

@@ -61,8 +61,7 @@ def build_problem(
             split_backward=not fused,
         )
     if memory is not None:
-        spec = memory if memory.strip().lower().endswith("x") else parse_numbers(memory, "--memory")
-        problem = problem.with_cap(parse_cap(spec, problem))
+        problem = problem.with_cap(parse_cap(memory, problem))
     return problem
 
 
@@ -94,7 +93,8 @@ def solve(
     kept_for_w: Annotated[str | None, typer.Option("--kept-for-w", help="Part of the activation W needs.")] = None,
     fused: Annotated[bool, typer.Option("--fused/--split", help="Fused backward (no W pass) or split.")] = False,
     memory: Annotated[
-        str | None, typer.Option("--memory", "--cap", help="Cap per device: 6, 6:6:4:4, or 0.5x of 1F1B's peak.")
+        str | None,
+        typer.Option("--memory", "--cap", help="Cap per device: 6, 6:6:4:4, 12GiB, or 0.5x of 1F1B's peak."),
     ] = None,
     problem_file: Annotated[
         Path | None, typer.Option("--problem", help="Read the problem (schedule-file `problem` object) from FILE.")

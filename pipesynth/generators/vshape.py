@@ -15,16 +15,18 @@ stable-phase bubble when W + 2B >= 2F and W + 2F >= 2B, V-Min has some).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
 from pipesynth.blocks import Block, block_violations, live_copies, repeated_order, steady_peak, unroll
 from pipesynth.errors import PipesynthError
 from pipesynth.generators import register
-from pipesynth.problem import Problem
-from pipesynth.reorder import Variant, greedy_portfolio, shortest
+from pipesynth.problem import Op, Problem
+from pipesynth.reorder import Variant, chain_position, greedy_portfolio, shortest
 from pipesynth.schedule import Schedule, from_order
-from pipesynth.simulate import simulate
+from pipesynth.slotgrid import slot_grid_order
+from pipesynth.zbv import zbv_orders
 
 SLOTS = 6  # passes per device per microbatch: F, B, W of two chunks
 
@@ -88,8 +90,8 @@ def steady_block(problem: Problem, slot: dict[tuple[str, int], int]) -> Block:
     wide = Block(problem, SLOTS * unit, {k: v * unit for k, v in slot.items()})
     copies = max(live_copies(wide))
     m = 4 * copies + 8
-    sim = simulate(from_order(replace(problem, microbatches=m), repeated_order(wide, m), "steady"))
-    start = {a.key: t for dev, ts in zip(sim.schedule.actions, sim.start) for a, t in zip(dev, ts)}
+    timed = from_order(replace(problem, microbatches=m), repeated_order(wide, m), "steady")
+    start = {a.key: a.start for a in timed.all_actions()}
     k = m // 2
     interval = start[("F", 0, k + 1)] - start[("F", 0, k)]
     base = start[("F", 0, k)]
@@ -153,17 +155,23 @@ def warmup_splits(problem: Problem, cap: tuple[float, ...]) -> list[tuple[int, .
 
 
 def unroll_v(problem: Problem, name: str) -> Schedule:
-    """Build, repeat, squeeze and reorder the named block for the problem."""
+    """Build, repeat, squeeze and reorder the named block for the problem.
+
+    Besides `unroll`'s own candidates, the official implementation's plan of
+    the slot pattern (pipesynth.slotgrid) competes.
+    """
     slots = v_slots(problem, name)
     block = steady_block(problem, slots)
     cap = problem.cap or steady_peak(block)
+    unit = unit_block(problem, slots)
     return unroll(
         block,
         problem.microbatches,
         name=name,
         cap=cap,
         warmup_caps=warmup_splits(problem, cap),
-        slot_block=unit_block(problem, slots),
+        slot_block=unit,
+        extra=[("slot grid", slot_grid_order(unit.problem, unit.offsets, problem.microbatches))],
     )
 
 
@@ -182,19 +190,21 @@ def v_zb(problem: Problem) -> Schedule:
     return unroll_v(problem, "v-zb")
 
 
-@register("zb-v", "Zero Bubble's V schedule: memory-capped greedy, 1F1B's memory by default (Qi et al. 2023)", "v")
+@register("zb-v", "Zero Bubble's V schedule: rounds heuristic or capped greedy, 1F1B's memory by default", "v")
 def zb_v(problem: Problem) -> Schedule:
-    """No block: the greedy list scheduler alone, under `problem.cap` (default 2D chunk units)."""
+    """No block: the Zero Bubble paper's round-by-round heuristic (pipesynth.zbv) and our
+    memory-capped greedy list schedules, under `problem.cap` (default 2D chunk units); the shortest wins.
+    """
     d = check_v(problem, "zb-v")
     cap = problem.cap or tuple(d * problem.device_activation(i) for i in range(d))
-    stages = problem.stages
 
-    def rank(op: str, s: int, j: int) -> tuple[int, float]:
+    def rank(op: Op, s: int, j: int) -> tuple[int, float]:
         """Oldest microbatch first, then the pass's place along the V (forward down, backward up)."""
-        return j, {"F": s, "B": 2 * stages - 1 - s, "W": 2 * stages - 0.5 - s}[op]
+        return j, chain_position(problem, op, s)
 
     warmups = (None, *warmup_splits(problem, cap))
-    return shortest(problem, greedy_portfolio(problem, cap, rank, ZB_V_VARIANTS, (None,), warmups), "zb-v")
+    greedy = greedy_portfolio(problem, cap, rank, ZB_V_VARIANTS, (None,), warmups)
+    return shortest(problem, itertools.chain(zbv_orders(problem, cap), greedy), "zb-v", cap=cap)
 
 
 #: The greedy settings zb-v tries (warmup#k: the k-th of `warmup_splits`), chosen as for

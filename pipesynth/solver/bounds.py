@@ -11,6 +11,7 @@ from functools import cache
 from pipesynth.errors import InfeasibleError
 from pipesynth.problem import Op, Problem
 from pipesynth.simulate import dependencies
+from pipesynth.units import format_bytes
 
 
 def _delay(problem: Problem, a: int, b: int) -> float:
@@ -74,9 +75,13 @@ def check_cap(problem: Problem) -> None:
     need = smallest_feasible_cap(problem)
     for d, (cap, least) in enumerate(zip(problem.cap, need)):
         if cap < least - 1e-9:
-            smallest = f"{need[0]:g}" if len(set(need)) == 1 else "[" + ", ".join(f"{x:g}" for x in need) + "]"
+            in_bytes = problem.units is not None and problem.units.bytes
+            show = format_bytes if in_bytes else (lambda x: f"{x:g}")
+            smallest = show(need[0]) if len(set(need)) == 1 else "[" + ", ".join(show(x) for x in need) + "]"
+            fits = show(cap) if in_bytes else f"{cap:g} units"
+            uniform = f" (one budget for every device: at least {show(max(need))})" if in_bytes else ""
             raise InfeasibleError(
-                f"infeasible: no schedule fits {cap:g} units on device {d}; the smallest feasible cap is {smallest}"
+                f"infeasible: no schedule fits {fits} on device {d}; the smallest feasible cap is {smallest}{uniform}"
             )
 
 

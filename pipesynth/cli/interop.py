@@ -1,0 +1,74 @@
+"""Commands that convert schedules to and from other tools' formats: export, import."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from pipesynth.cli import command
+from pipesynth.cli.options import parse_cost, parse_numbers
+from pipesynth.errors import InvalidScheduleError
+from pipesynth.schedule_file import dumps, load, write_text_atomic
+from pipesynth.torch_csv import load_torch_csv, to_torch_csv
+from pipesynth.validate import find_violations
+
+
+class ExportFormat(str, Enum):
+    torch_csv = "torch-csv"
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        write_text_atomic(output, text)
+
+
+SCHEDULE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file.", show_default=False)
+CSV = typer.Argument(..., help="A compute-only torch-csv schedule (one row per rank).", show_default=False)
+TO = typer.Option(..., "--to", help="Target format.")
+OUTPUT = typer.Option(None, "-o", "--output", help="Write here instead of stdout.")
+COST = typer.Option(None, "--cost", help="Pass costs, e.g. F=3,B=4,W=2 (default 1 each).")
+COMM = typer.Option(0.0, "--comm", help="P2P latency between devices.")
+ACTIVATION = typer.Option("1", "--activation", help="Activation per microbatch: a number, or 1:1:2 per stage.")
+NAME = typer.Option(None, "--name", help="Schedule name (default: the CSV file's stem).")
+
+
+@command()
+def export(file: Path = SCHEDULE, to: ExportFormat = TO, output: Path | None = OUTPUT) -> None:
+    """Write a schedule in another tool's format: torch-csv is the compute-only CSV that
+    torch.distributed.pipelining's _PipelineScheduleRuntime._load_csv reads.
+
+    Example: pipesynth export schedules/zb-h1-d4-m8.json --to torch-csv -o zb-h1.csv
+    """
+    schedule = load(file)
+    violations = find_violations(schedule)
+    if violations:
+        raise InvalidScheduleError([f"{file}: {v}" for v in violations])
+    _write(to_torch_csv(schedule), output)
+
+
+@command("import")
+def import_(
+    file: Path = CSV,
+    output: Path | None = OUTPUT,
+    cost: str | None = COST,
+    comm: float = COMM,
+    activation: str = ACTIVATION,
+    name: str | None = NAME,
+) -> None:
+    """Read a torch.distributed.pipelining compute-only CSV into a schedule file: stage placement from the
+    rank holding each stage, split backward if any I/W cell; costs as for the generators (B and W fused for B cells).
+
+    Example: pipesynth import zb-h1.csv -o zb-h1.json --cost F=1,B=1,W=1
+    """
+    schedule = load_torch_csv(
+        file,
+        name=name or file.stem,
+        cost=parse_cost(cost),
+        comm=comm,
+        activation=parse_numbers(activation, "--activation"),
+    )
+    _write(dumps(schedule), output)

@@ -1,0 +1,67 @@
+"""`pipesynth profile`: measure the tiny GPT's stages and write a problem file (torch imported lazily)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipesynth.cli import command
+from pipesynth.errors import PipesynthError
+from pipesynth.problem import PLACEMENTS, placement_for
+from pipesynth.schedule_file import save_problem
+from pipesynth.units import format_bytes
+
+OUTPUT = typer.Option(..., "--output", "-o", help="Problem file to write (us, bytes).", show_default=False)
+
+
+@command()
+def profile(
+    output: Path = OUTPUT,
+    devices: int = typer.Option(..., min=1, help="Devices (ranks) the pipeline will run on."),
+    microbatches: int = typer.Option(8, min=1, help="Microbatches per step in the problem."),
+    placement: str = typer.Option("v", help=f"Stage placement: {', '.join(PLACEMENTS)}."),
+    chunks: int = typer.Option(2, min=1, help="Stages per device with --placement loop."),
+    split_backward: bool = typer.Option(True, help="Split B and W (zero-bubble, V-shape) or fuse them (1F1B)."),
+    model: str = typer.Option("tiny-gpt", help="Model to profile (tiny-gpt; your own through the Python API)."),
+    blocks: int = typer.Option(8, min=1, help="Transformer blocks of the tiny GPT."),
+    dim: int = typer.Option(64, min=8, help="Width of the tiny GPT."),
+    seq_len: int = typer.Option(32, min=1, help="Sequence length."),
+    microbatch_size: int = typer.Option(2, min=1, help="Sequences per microbatch."),
+    repeats: int = typer.Option(10, min=1, help="Measured runs of each pass (the median is kept)."),
+    warmup: int = typer.Option(3, min=0, help="Unmeasured runs first."),
+    threads: int = typer.Option(1, min=1, help="torch threads while profiling: what each rank will use."),
+    device: str = typer.Option("cpu", help="cpu, or cuda (the stages run on the current GPU)."),
+    comm: float = typer.Option(None, help="P2P latency in us; default: measure it between two local ranks."),
+) -> None:
+    """Profile each stage's F, B, W times and activation bytes; write the planning problem.
+
+    Example: pipesynth profile --devices 2 --placement v --microbatches 8 -o problem.json
+    """
+    if model != "tiny-gpt":
+        raise PipesynthError(f"model: unknown {model!r}; available: tiny-gpt (profile your own with the Python API)")
+    stages = len(placement_for(placement, devices, chunks))
+    import torch  # noqa: F401  (only here: `import pipesynth` must not need torch)
+
+    from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt
+    from pipesynth.runtime.profile import profile_stages
+
+    cfg = GPTConfig(seq_len=seq_len, dim=dim, blocks=blocks)
+    if blocks < stages:
+        raise PipesynthError(
+            f"model: the tiny GPT has {blocks} blocks and cannot be split into {stages} stages "
+            f"({placement} on {devices} devices); give --blocks {stages} or more"
+        )
+    modules = [m.to(device) for m in gpt_stages(tiny_gpt(cfg, seed=0), stages)]
+    x, y = MarkovText(cfg.vocab, 0).batch(0, microbatch_size, seq_len)
+    result = profile_stages(modules, x, y, lm_loss, repeats=repeats, warmup=warmup, threads=threads, comm=comm)
+    problem = result.problem(devices, microbatches, placement, chunks=chunks, split_backward=split_backward)
+    save_problem(problem, output)
+    typer.echo(f"{'stage':>5} {'device':>6} {'F us':>8} {'B us':>8} {'W us':>8} {'activation':>24}")
+    for p, d, act in zip(result.stages, problem.placement, problem.activation):
+        typer.echo(
+            f"{p.stage:>5} {d:>6} {p.forward_us:>8.0f} {p.backward_us:>8.0f} {p.weight_us:>8.0f} "
+            f"{format_bytes(act):>24}"
+        )
+    typer.echo(f"comm (P2P latency of the boundary tensor): {problem.comm:g} us")
+    typer.echo(f"problem written to {output}")

@@ -1,0 +1,148 @@
+"""The compute-only CSV of torch.distributed.pipelining, both ways.
+
+`_PipelineScheduleRuntime._load_csv` reads one row per rank; each cell is an
+action `{stage}{op}{microbatch}` (`_Action.from_str`), op F (forward), I
+(input-gradient backward, when the backward is split), W (weight gradient) or
+B (fused backward); empty cells are idle steps. Our `B` is written `I` when
+the problem splits the backward and `B` when it does not. Reading a CSV back
+takes the placement from which row holds each stage; the costs and memory are
+not in the CSV, so they come from the caller (defaults 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pipesynth.errors import InvalidScheduleError, PipesynthError, ScheduleFormatError
+from pipesynth.problem import Op, PerStage, make_problem
+from pipesynth.schedule import Action, Schedule, from_order
+from pipesynth.schedule_file import _read
+from pipesynth.validate import find_violations
+
+CELL = re.compile(r"(\d+)([A-Z_]+?)(\d*)")
+COMM_OPS = ("UNSHARD", "RESHARD", "REDUCE_GRAD", "SEND_F", "RECV_F", "SEND_B", "RECV_B", "OVERLAP_F_B")
+
+
+def torch_op(op: Op, split_backward: bool) -> str:
+    return "I" if op == "B" and split_backward else op
+
+
+def to_torch_csv(schedule: Schedule) -> str:
+    """One row per device, one `0F0`-style cell per action, in the device's order."""
+    split = schedule.problem.split_backward
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for device_actions in schedule.actions:
+        writer.writerow(f"{a.stage}{torch_op(a.op, split)}{a.mb}" for a in device_actions)
+    return out.getvalue()
+
+
+def parse_cell(text: str, where: str) -> tuple[str, int, int]:
+    """`1I0` -> ("I", 1, 0); anything but a compute action is an error naming `where`."""
+    match = CELL.fullmatch(text)
+    if match is None:
+        raise ScheduleFormatError(f"{where}: cannot read {text!r}; expected stage, op, microbatch like 0F0 or 1I3")
+    stage, op, mb = match.groups()
+    if op in COMM_OPS:
+        raise ScheduleFormatError(
+            f"{where}: {text!r} is a {op} action; only compute-only CSVs (F, I, W, B cells) can be read"
+        )
+    if op not in ("F", "I", "W", "B"):
+        raise ScheduleFormatError(f"{where}: unknown op {op!r} in {text!r}; expected F, I, W or B")
+    if not mb:
+        raise ScheduleFormatError(f"{where}: {text!r} has no microbatch number")
+    return op, int(stage), int(mb)
+
+
+def from_torch_csv(
+    text: str,
+    *,
+    source: str = "csv",
+    name: str = "",
+    cost: dict[str, PerStage] | None = None,
+    comm: float = 0.0,
+    activation: PerStage = 1.0,
+    kept_for_w: PerStage | None = None,
+) -> Schedule:
+    """A validated, timed Schedule from a compute-only CSV (see the module docstring).
+
+    Errors name the rank (row, from 0) and cell (from 0) at fault, as torch's
+    own messages do.
+    """
+    rows = list(csv.reader(io.StringIO(text)))
+    while rows and not any(cell.strip() for cell in rows[-1]):
+        rows.pop()  # trailing blank lines
+    if not rows:
+        raise ScheduleFormatError(f"{source}: no rows; expected one row of actions per rank")
+    order: list[list[tuple[Op, int, int]]] = []
+    cells: list[list[int]] = []  # position in `order` -> cell index, for error messages
+    placement: dict[int, int] = {}
+    first: dict[str, tuple[int, int]] = {}  # op letter -> (rank, cell) of its first use
+    for rank, row in enumerate(rows):
+        order.append([])
+        cells.append([])
+        for k, raw in enumerate(row):
+            if not raw.strip():
+                continue
+            where = f"{source}: rank {rank}, cell {k}"
+            op, stage, mb = parse_cell(raw.strip(), where)
+            held = placement.setdefault(stage, rank)
+            if held != rank:
+                raise ScheduleFormatError(f"{where}: stage {stage} is already on rank {held}; a stage runs on one rank")
+            first.setdefault(op, (rank, k))
+            order[rank].append(("B" if op == "I" else op, stage, mb))  # type: ignore[arg-type]
+            cells[rank].append(k)
+    split = "I" in first or "W" in first
+    if split and "B" in first:
+        (rank, k), (other_rank, other_k) = first["B"], first.get("I") or first["W"]
+        raise ScheduleFormatError(
+            f"{source}: rank {rank}, cell {k}: a fused backward (B) in a split schedule (I/W cells, e.g. at "
+            f"rank {other_rank}, cell {other_k}); use I and W everywhere or B everywhere"
+        )
+    stages = max(placement) + 1
+    missing = [s for s in range(stages) if s not in placement]
+    if missing:
+        raise ScheduleFormatError(f"{source}: stage {missing[0]} appears on no rank (stages 0..{stages - 1} expected)")
+    empty = [r for r, actions in enumerate(order) if not actions]
+    if empty:
+        raise ScheduleFormatError(f"{source}: rank {empty[0]} has no actions; every rank must hold a stage")
+    microbatches = max(mb for actions in order for _, _, mb in actions) + 1
+    try:
+        problem = make_problem(
+            len(rows),
+            microbatches,
+            [placement[s] for s in range(stages)],
+            cost=cost,
+            comm=comm,
+            activation=activation,
+            kept_for_w=kept_for_w,
+            split_backward=split,
+        )
+    except PipesynthError as err:
+        raise ScheduleFormatError(f"{source}: {err}") from None
+    plain = Schedule(problem, [[Action(*a) for a in dev] for dev in order], name=name)
+    violations = find_violations(plain)
+    if violations:
+        raise InvalidScheduleError([f"{source}: {_cell_names(v, cells)}" for v in violations])
+    return from_order(problem, order, name, source="torch-csv")
+
+
+def load_torch_csv(path: str | os.PathLike[str], **options: Any) -> Schedule:
+    """`from_torch_csv` on a file; options as there (the name defaults to the file's stem)."""
+    options.setdefault("name", Path(path).stem)
+    return from_torch_csv(_read(path), source=str(path), **options)
+
+
+def _cell_names(message: str, cells: list[list[int]]) -> str:
+    """`actions[1][4]` (position among actions) -> `rank 1, cell 6` (CSV cell)."""
+
+    def name(match: Any) -> str:
+        rank, pos = int(match.group(1)), int(match.group(2))
+        return f"rank {rank}, cell {cells[rank][pos]}"
+
+    return re.sub(r"actions\[(\d+)\]\[(\d+)\]", name, message)

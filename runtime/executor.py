@@ -1,0 +1,497 @@
+"""Run one rank's share of a pipeline schedule on torch.distributed.
+
+`PipelineExecutor(schedule, stage_modules, loss_fn)` on every rank, then
+`step(inputs, targets)` per training step, then the caller's optimizer step.
+The schedule file is the contract (DESIGN.md section 7): each rank runs its
+device's action list in order; receives are posted ahead (see plan.py for the
+order and why it cannot deadlock) and waited on just before the pass that
+consumes them; sends never block; neighbouring stages on one rank hand
+tensors over in memory.
+
+Shapes: the first `step` runs a handshake along the stages (0, 1, ...): each
+rank infers its stages' output shapes with a forward on meta tensors (no
+compute, no side effects) and sends them to the next stage's rank. Every
+later step must use the same batch shape.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.func import functional_call
+
+from pipesynth.errors import PipesynthError
+from pipesynth.runtime.graph_split import WeightPlan, backward_input, backward_weight, plan_weight_backward
+from pipesynth.runtime.memory import ActivationMeter
+from pipesynth.runtime.plan import CommOp, Message, messages, rank_ops
+from pipesynth.runtime.split import (
+    SPLIT_LAYERS,
+    WEIGHTS_IN_B,
+    WeightGradTask,
+    deferring,
+    defers_weights,
+    make_splittable,
+)
+from pipesynth.schedule import Action, Schedule
+from pipesynth.simulate import PassKey
+from pipesynth.validate import validate
+
+
+class PipelineError(PipesynthError):
+    """The executor cannot go on; the message names the rank and what failed."""
+
+
+class PipelineTimeoutError(PipelineError):
+    """A peer did not deliver (or accept) a tensor in time, or failed."""
+
+
+class NonFiniteLossError(PipelineError):
+    """The loss of a step is NaN or infinite: the step's gradients must not be used."""
+
+
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool)
+_MAX_DIMS = 8
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Shape and dtype of a tensor that crosses a stage boundary."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def encode(self, device: torch.device) -> torch.Tensor:
+        if len(self.shape) > _MAX_DIMS or self.dtype not in _DTYPES:
+            raise PipelineError(f"cannot send a {self.dtype} tensor of shape {self.shape} between stages")
+        dims = list(self.shape) + [0] * (_MAX_DIMS - len(self.shape))
+        return torch.tensor([_DTYPES.index(self.dtype), len(self.shape), *dims], dtype=torch.int64, device=device)
+
+    @staticmethod
+    def decode(t: torch.Tensor) -> TensorMeta:
+        values = t.tolist()
+        return TensorMeta(tuple(values[2 : 2 + values[1]]), _DTYPES[values[0]])
+
+
+@dataclass
+class StepStats:
+    """What one rank measured in its last step."""
+
+    seconds: float
+    peak_bytes: int  # live saved activations (saved-tensor hooks); 0 when not tracked
+    cuda_peak_bytes: int | None  # max_memory_allocated growth during the step, on CUDA
+
+
+class PipelineExecutor:
+    """One rank of a pipeline: its stage modules, its action list, its P2P plan.
+
+    stage_modules: {stage: module} for exactly the stages the schedule places
+    on this rank. loss_fn(output, target) must be a mean over the microbatch,
+    so the mean of the microbatch losses is the mean loss of the batch.
+    With split backward, nn.Linear / nn.Embedding inside the modules are
+    switched in place to their split twins (split.py), LayerNorm weights
+    get their (cheap) gradients in B, and any other parameter is split off along the autograd graph (graph_split.py;
+    a float input of stage 0 is then made to require a gradient for the
+    split, an integer one cannot: those parameters then get their gradients
+    in B).
+    `step` returns the mean loss on the rank holding the last stage and None
+    elsewhere (or on every rank with broadcast_loss=True).
+    `grads_ready(stage, module)`, if given, is called during `step` right
+    after a stage's last pass of the step: its gradients are final, so an
+    optimizer can update that stage while later passes still run.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        stage_modules: dict[int, nn.Module],
+        loss_fn,
+        *,
+        rank: int | None = None,
+        group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+        timeout: float = 60.0,
+        track_memory: bool = True,
+        broadcast_loss: bool = False,
+        grads_ready: Callable[[int, nn.Module], None] | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.problem = schedule.problem
+        self.group = group
+        self.rank = dist.get_rank(group) if rank is None else rank
+        self.timeout = timeout
+        self.loss_fn = loss_fn
+        self.broadcast_loss = broadcast_loss
+        self.modules = dict(stage_modules)
+        self.device = torch.device(device) if device is not None else _device_of(self.modules)
+        self.nccl = dist.get_backend(group) == "nccl"
+        self.meter = ActivationMeter() if track_memory else None
+        self._check(dist.get_world_size(group))
+        # Stages with parameters outside the split layers (and LayerNorms, whose weight gradient
+        # B computes) split their backward along the autograd graph; it then covers LayerNorms too.
+        self._graph_split: dict[int, list[torch.Tensor]] = {}
+        if self.problem.split_backward:
+            for s, module in self.modules.items():
+                params = graph_split_params(make_splittable(module))
+                if params is not None:
+                    self._graph_split[s] = params
+        self.actions: list[Action] = schedule.actions[self.rank]
+        self.grads_ready = grads_ready
+        self._last_pass = {a.stage: i for i, a in enumerate(self.actions)}
+        self.last_stage = self.problem.stages - 1
+        self.stats: StepStats | None = None
+        self._ops: list[CommOp] | None = None  # set by the shape handshake of the first step
+        self._in_meta: dict[int, TensorMeta] = {}
+        self._out_meta: dict[int, TensorMeta] = {}
+        self._stage_bytes: dict[int, tuple[int, int]] = {}
+
+    # ----------------------------------------------------------------- set-up
+
+    def _check(self, world: int) -> None:
+        """Validate the schedule and its fit with the modules; the same error on every rank."""
+        validate(self.schedule)
+        p = self.problem
+        if world != p.devices:
+            raise PipelineError(
+                f"rank {self.rank}: the schedule has {p.devices} devices but the world has {world} ranks"
+            )
+        held: list[list[int] | None] = [None] * world
+        dist.all_gather_object(held, sorted(self.modules), group=self.group)
+        for r, stages in enumerate(held):
+            expected = p.stages_on(r)
+            if stages != expected:
+                raise PipelineError(
+                    f"rank {self.rank}: rank {r} was given modules for stages {stages}, "
+                    f"but the schedule places stages {expected} on it ({p.stages} stages in all)"
+                )
+
+    def _peer(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def _handshake(self, first_input: torch.Tensor | None) -> None:
+        """Learn the shape of every tensor this rank receives, then fix its P2P plan."""
+        place = self.problem.placement
+        pending = []
+        for s in sorted(self.modules):
+            if s == 0:
+                meta = TensorMeta(tuple(first_input.shape), first_input.dtype)
+            elif place[s - 1] == self.rank:
+                meta = self._out_meta[s - 1]
+            else:
+                buf = torch.empty(2 + _MAX_DIMS, dtype=torch.int64, device=self.device)
+                work = dist.irecv(buf, src=self._peer(place[s - 1]), group=self.group)
+                self._wait(work, f"shape handshake for stage {s}", place[s - 1], "receiving the input shape")
+                meta = TensorMeta.decode(buf)
+            self._in_meta[s] = meta
+            if s == self.last_stage:
+                continue
+            self._out_meta[s] = out = self._infer(s, meta)
+            if place[s + 1] != self.rank:
+                buf = out.encode(self.device)
+                pending.append((dist.isend(buf, dst=self._peer(place[s + 1]), group=self.group), buf, s))
+        for work, _, s in pending:
+            self._wait(work, f"shape handshake for stage {s + 1}", place[s + 1], "sending the output shape")
+        grad_into = {s for s, m in self._in_meta.items() if s > 0 and m.dtype.is_floating_point}
+        grad_into |= {s + 1 for s, m in self._out_meta.items() if m.dtype.is_floating_point}
+        self._ops = rank_ops(messages(self.schedule, grad_into), self.rank)
+        self._recv_for = {op.message.consumer: op.message for op in self._ops if op.kind == "recv"}
+        self._send_of = {op.message.producer: op.message for op in self._ops if op.kind == "send"}
+
+    def _infer(self, stage: int, meta: TensorMeta) -> TensorMeta:
+        module = self.modules[stage]
+        fake = {k: torch.empty_like(v, device="meta") for k, v in (*module.named_parameters(), *module.named_buffers())}
+        try:
+            with torch.no_grad():
+                out = functional_call(module, fake, (torch.empty(meta.shape, dtype=meta.dtype, device="meta"),))
+        except Exception as err:
+            raise PipelineError(
+                f"rank {self.rank}: stage {stage} cannot infer its output shape on meta tensors: {err}"
+            ) from err
+        if not isinstance(out, torch.Tensor):
+            raise PipelineError(f"rank {self.rank}: stage {stage} must return one tensor, got {type(out).__name__}")
+        return TensorMeta(tuple(out.shape), out.dtype)
+
+    # ------------------------------------------------------------------ comm
+
+    def _wait(self, work: dist.Work, action: str, peer: int, doing: str) -> None:
+        """Wait for a P2P op at most `timeout` seconds; else raise naming rank, action and peer."""
+        start = time.monotonic()
+        try:
+            if self.nccl:
+                while not work.is_completed():
+                    if time.monotonic() - start > self.timeout:
+                        raise RuntimeError(f"timed out after {self.timeout:g} s")
+                    time.sleep(0.0001)
+                work.wait()
+            else:
+                work.wait(timeout=datetime.timedelta(seconds=self.timeout))
+        except RuntimeError as err:
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PipelineTimeoutError(
+                f"rank {self.rank}, {action}: {doing} with rank {peer} failed after "
+                f"{time.monotonic() - start:.1f} s (timeout {self.timeout:g} s): {cause}"
+            ) from None
+
+    def _post(self) -> None:
+        """Post, in plan order, every op that is ready: receives always, sends once produced."""
+        while self._next < len(self._ops):
+            op = self._ops[self._next]
+            msg = op.message
+            if op.kind == "send":
+                tensor = self._outbox.pop(msg.index, None)
+                if tensor is None:
+                    return
+                work = dist.isend(tensor, dst=self._peer(msg.dst), group=self.group, tag=msg.index)
+                self._sending.append((work, tensor, msg))
+            else:
+                meta = self._in_meta[msg.consumer[1]] if msg.kind == "activation" else self._out_meta[msg.consumer[1]]
+                buf = torch.empty(meta.shape, dtype=meta.dtype, device=self.device)
+                work = dist.irecv(buf, src=self._peer(msg.src), group=self.group, tag=msg.index)
+                self._receiving[msg.index] = (work, buf)
+            self._next += 1
+
+    def _reap_sends(self, finished_only: bool) -> None:
+        """Drop the buffers of completed sends (surfacing their errors); wait for all unless `finished_only`."""
+        pending = []
+        for work, tensor, msg in self._sending:
+            if finished_only and not work.is_completed():
+                pending.append((work, tensor, msg))
+            else:
+                self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
+        self._sending = pending
+
+    def _take(self, key: PassKey, action: Action) -> torch.Tensor:
+        """The tensor `action` consumes: handed over in memory or received."""
+        if key in self._handover:
+            return self._handover.pop(key)
+        msg = self._recv_for[key]
+        work, buf = self._receiving.pop(msg.index)
+        self._wait(work, str(action), msg.src, f"receiving the {msg}")
+        return buf
+
+    def _give(self, producer: PassKey, consumer: PassKey, tensor: torch.Tensor) -> None:
+        msg = self._send_of.get(producer)
+        if msg is None:
+            self._handover[consumer] = tensor
+        else:
+            self._outbox[msg.index] = tensor.contiguous()
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Run one iteration; parameter .grad then hold the gradients of the mean loss.
+
+        `inputs` is needed on the rank holding stage 0 and `targets` on the
+        rank holding the last stage (passing both everywhere is fine). The
+        batch size must be a multiple of the schedule's microbatches.
+        """
+        m = self.problem.microbatches
+        self._in_chunks = self._chunks(inputs, 0, "inputs")
+        self._target_chunks = self._chunks(targets, self.last_stage, "targets")
+        if self._ops is None:
+            self._handshake(self._in_chunks[0] if self._in_chunks else None)
+        elif self._in_chunks and tuple(self._in_chunks[0].shape) != self._in_meta[0].shape:
+            raise PipelineError(
+                f"rank {self.rank}: microbatch shape {tuple(self._in_chunks[0].shape)} differs from the first "
+                f"step's {self._in_meta[0].shape}; every step must use the same batch shape"
+            )
+        self._next = 0
+        self._outbox: dict[int, torch.Tensor] = {}
+        self._sending: list[tuple[dist.Work, torch.Tensor, Message]] = []
+        self._receiving: dict[int, tuple[dist.Work, torch.Tensor]] = {}
+        self._handover: dict[PassKey, torch.Tensor] = {}
+        self._inputs: dict[tuple[int, int], torch.Tensor] = {}
+        self._outputs: dict[tuple[int, int], object] = {}
+        self._w_tasks: dict[tuple[int, int], tuple[list[WeightGradTask], WeightPlan | None]] = {}
+        self._losses: list[torch.Tensor] = []
+        if self.meter is not None:
+            self.meter.exclude([*self._params(), *(b for mod in self.modules.values() for b in mod.buffers())])
+            self.meter.reset_peak()
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            cuda_base = torch.cuda.memory_allocated(self.device)
+        start = time.perf_counter()
+        base_level = self.meter.level if self.meter else 0
+
+        for position, action in enumerate(self.actions):
+            self._post()
+            {"F": self._forward, "B": self._backward, "W": self._weight}[action.op](action)
+            self._reap_sends(finished_only=True)
+            if self.grads_ready is not None and self._last_pass[action.stage] == position:
+                self.grads_ready(action.stage, self.modules[action.stage])
+        self._post()
+        self._reap_sends(finished_only=False)
+
+        loss = torch.stack(self._losses).sum() / m if self._losses else None
+        if self.broadcast_loss:
+            loss = self._broadcast(loss)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        self.stats = StepStats(
+            seconds=time.perf_counter() - start,
+            peak_bytes=self.meter.peak - base_level if self.meter else 0,
+            cuda_peak_bytes=torch.cuda.max_memory_allocated(self.device) - cuda_base if cuda else None,
+        )
+        if loss is not None and not math.isfinite(loss.item()):
+            bad = [j for j, v in enumerate(self._losses) if not math.isfinite(v.item())]
+            where = f"microbatches {bad}" if bad else "another rank's microbatches"
+            raise NonFiniteLossError(f"rank {self.rank}: the loss is {loss.item()} ({where}); gradients not usable")
+        return loss
+
+    def _chunks(self, batch: torch.Tensor | None, stage: int, name: str) -> list[torch.Tensor]:
+        if stage not in self.modules:
+            return []
+        m = self.problem.microbatches
+        if batch is None:
+            raise PipelineError(f"rank {self.rank}: holds stage {stage}, so step() needs {name}")
+        if batch.shape[0] % m:
+            raise PipelineError(
+                f"rank {self.rank}: {name} batch of {batch.shape[0]} does not split into {m} equal microbatches"
+            )
+        # One copy per microbatch: its memory is its own (freed with it, counted per microbatch as profiled).
+        return [c.to(self.device, copy=True) for c in batch.chunk(m)]
+
+    def _broadcast(self, loss: torch.Tensor | None) -> torch.Tensor:
+        src = self.problem.placement[self.last_stage]
+        value = loss if loss is not None else torch.empty((), dtype=torch.float64, device=self.device)
+        value = value.to(torch.float64).to(self.device)
+        dist.broadcast(value, src=self._peer(src), group=self.group)
+        return value
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for mod in self.modules.values() for p in mod.parameters()]
+
+    def _forward(self, action: Action) -> None:
+        s, j = action.stage, action.mb
+        x = self._in_chunks[j] if s == 0 else self._take(("F", s, j), action)
+        # Stage 0's input needs no gradient, but the graph split needs an input path to split along.
+        if x.dtype.is_floating_point and (s > 0 or s in self._graph_split):
+            x = x.detach().requires_grad_(True)
+            self._inputs[(s, j)] = x
+        with self.meter.saving() if self.meter else nullcontext():
+            before = self.meter.level if self.meter else 0
+            out = self.modules[s](x)
+            if s == self.last_stage:
+                loss = self.loss_fn(out, self._target_chunks[j])
+                self._losses.append(loss.detach())
+                out = loss / self.problem.microbatches
+        if self.meter and j == 0:
+            self._stage_bytes[s] = (self.meter.level - before, 0)
+        if s == self.last_stage:
+            self._outputs[(s, j)] = out
+            return
+        self._outputs[(s, j)] = get_gradient_edge(out) if out.requires_grad else None
+        self._give(("F", s, j), ("F", s + 1, j), out.detach())
+
+    def _backward(self, action: Action) -> None:
+        s, j = action.stage, action.mb
+        grad = None if s == self.last_stage else self._take(("B", s, j), action)
+        out = self._outputs.pop((s, j))
+        x = self._inputs.pop((s, j), None)
+        before = self.meter.level if self.meter else 0
+        grads = None if grad is None else [grad]
+        if out is not None and self.problem.split_backward:
+            params = self._graph_split.get(s)
+            self._w_tasks[(s, j)] = input_backward(out, grads, x, params, self.meter.hold if self.meter else None)
+        elif out is not None:
+            torch.autograd.backward([out], grads)
+        del out, grad
+        if self.meter and j == 0:
+            act = self._stage_bytes[s][0]
+            self._stage_bytes[s] = (act, act + self.meter.level - before)
+        if x is not None and s > 0:
+            gx = x.grad if x.grad is not None else torch.zeros_like(x)
+            self._give(("B", s, j), ("B", s - 1, j), gx)
+
+    def _weight(self, action: Action) -> None:
+        weight_backward(*self._w_tasks.pop((action.stage, action.mb), ([], None)))
+
+    # ---------------------------------------------------------------- memory
+
+    def stage_bytes(self) -> dict[int, tuple[int, int]]:
+        """Per stage of this rank, bytes one microbatch keeps after F and still keeps after B (last step)."""
+        return dict(self._stage_bytes)
+
+    def predicted_peak_bytes(self) -> float:
+        """The schedule's peak for this rank: DESIGN.md's memory walk of its list with profiled bytes.
+
+        F adds the stage's activation; B releases activation - kept (fused:
+        all of it); W releases kept. Profiled kept can exceed the activation
+        (W holds output gradients that B creates), so B may add memory: the
+        walk allows it, where a Problem would not.
+        """
+        if not self._stage_bytes:
+            raise PipelineError(f"rank {self.rank}: run a step with track_memory=True before predicting memory")
+        level = peak = 0
+        for a in self.actions:
+            act, kept = self._stage_bytes[a.stage]
+            if a.op == "F":
+                level += act
+            elif a.op == "B":
+                level += kept - act if self.problem.split_backward else -act
+            else:
+                level -= kept
+            peak = max(peak, level)
+        return float(peak)
+
+
+def graph_split_params(module: nn.Module) -> list[torch.Tensor] | None:
+    """The parameters of a (splittable) stage whose B/W split must follow the autograd graph, or None.
+
+    None when the split layers and the LayerNorms (whose weight gradient B
+    computes) hold every trainable parameter: deferring alone splits B and W.
+    """
+    split = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
+    in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
+    params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
+    return params if any(id(p) not in in_b for p in params) else None
+
+
+def input_backward(
+    out: torch.Tensor | GradientEdge,
+    grads: list[torch.Tensor] | None,
+    x: torch.Tensor | None,
+    params: list[torch.Tensor] | None,
+    hold: Callable[[torch.Tensor], object] | None,
+) -> tuple[list[WeightGradTask], WeightPlan | None]:
+    """A split B: input gradients now; the weight-gradient work queued (and planned) for W.
+
+    `params`: the stage's graph-split parameters (graph_split_params), split
+    along the graph when the stage has a floating input `x` to split on.
+    """
+    queue: list[WeightGradTask] = []
+    plan = None
+    if params is not None and x is not None:
+        root = out.node if isinstance(out, GradientEdge) else out.grad_fn
+        plan = plan_weight_backward(root, x, params, defers_weights)
+    with deferring(queue, hold):
+        if plan is None:
+            torch.autograd.backward([out], grads)
+        else:
+            backward_input(plan, [out], grads, x)
+    return queue, plan
+
+
+def weight_backward(queue: list[WeightGradTask], plan: WeightPlan | None) -> None:
+    """The W of a split B: the deferred products, then the graph-split weight gradients."""
+    while queue:
+        queue.pop(0)()
+    if plan is not None:
+        backward_weight(plan)
+
+
+def _device_of(modules: dict[int, nn.Module]) -> torch.device:
+    for module in modules.values():
+        for p in module.parameters():
+            return p.device
+    return torch.device("cpu")

@@ -1,0 +1,114 @@
+"""The communication plan: which tensors cross ranks, and in what order each rank posts them.
+
+Every cross-rank dependency of the schedule is one message: F of stage s
+sends its output to F of stage s+1; B of stage s sends its input gradient
+to B of stage s-1 (when that input is floating point). Stages next to each
+other on one rank hand tensors over in memory instead.
+
+Order (why this cannot deadlock): all ranks agree on one topological order
+of every pass (Kahn's algorithm over data and device-order edges, ties
+broken by simulated start time, then device and position). Each rank posts
+its sends and receives in the order of their producing pass. For every pair
+of ranks both sides therefore post that pair's messages in the same order
+(which NCCL requires and gloo is happy with), and a rank only ever waits on
+a message whose producer comes earlier in the global order, so by induction
+over that order every wait is eventually satisfied.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Literal
+
+from pipesynth.schedule import Schedule
+from pipesynth.simulate import PassKey, dependencies, simulate
+
+
+@dataclass(frozen=True)
+class Message:
+    """One tensor sent from the rank running `producer` to the rank running `consumer`."""
+
+    index: int  # position of the producer in the global order: the same on every rank (the gloo tag)
+    kind: Literal["activation", "gradient"]
+    producer: PassKey
+    consumer: PassKey
+    src: int
+    dst: int
+
+    def __str__(self) -> str:
+        what = "activation" if self.kind == "activation" else "input gradient"
+        return f"{what} of stage {self.producer[1]} microbatch {self.producer[2]}"
+
+
+@dataclass(frozen=True)
+class CommOp:
+    """A send or a receive, as one rank posts it."""
+
+    kind: Literal["send", "recv"]
+    message: Message
+
+    @property
+    def peer(self) -> int:
+        return self.message.dst if self.kind == "send" else self.message.src
+
+
+def global_order(schedule: Schedule) -> list[PassKey]:
+    """A topological order of all passes that every rank computes identically."""
+    problem = schedule.problem
+    sim = simulate(schedule)
+    where: dict[PassKey, tuple[float, int, int]] = {}
+    for d, dev in enumerate(schedule.actions):
+        for pos, a in enumerate(dev):
+            where[a.key] = (sim.start[d][pos], d, pos)
+    successors: dict[PassKey, list[PassKey]] = {k: [] for k in where}
+    waiting = dict.fromkeys(where, 0)
+    for key in where:
+        for dep in dependencies(problem, *key):
+            successors[dep].append(key)
+            waiting[key] += 1
+    for dev in schedule.actions:
+        for a, b in zip(dev, dev[1:]):
+            successors[a.key].append(b.key)
+            waiting[b.key] += 1
+    heap = [(where[k], k) for k, w in waiting.items() if w == 0]
+    heapq.heapify(heap)
+    order: list[PassKey] = []
+    while heap:
+        _, key = heapq.heappop(heap)
+        order.append(key)
+        for nxt in successors[key]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                heapq.heappush(heap, (where[nxt], nxt))
+    return order
+
+
+def messages(schedule: Schedule, grad_into: set[int] | None = None) -> list[Message]:
+    """Every cross-rank message, in the global order of their producers.
+
+    `grad_into` lists the stages whose input takes a gradient (default: all
+    but stage 0); B of stage s sends a gradient only if s is in it.
+    """
+    problem = schedule.problem
+    place = problem.placement
+    last = problem.stages - 1
+    grad_into = set(range(1, problem.stages)) if grad_into is None else grad_into
+    out: list[Message] = []
+    for i, (op, s, j) in enumerate(global_order(schedule)):
+        if op == "F" and s < last and place[s] != place[s + 1]:
+            out.append(Message(i, "activation", (op, s, j), ("F", s + 1, j), place[s], place[s + 1]))
+        elif op == "B" and s > 0 and s in grad_into and place[s] != place[s - 1]:
+            out.append(Message(i, "gradient", (op, s, j), ("B", s - 1, j), place[s], place[s - 1]))
+    return out
+
+
+def rank_ops(msgs: list[Message], rank: int) -> list[CommOp]:
+    """This rank's sends and receives, in the order it posts them."""
+    ops: list[CommOp] = []
+    for msg in msgs:
+        if msg.src == rank:
+            ops.append(CommOp("send", msg))
+        elif msg.dst == rank:
+            ops.append(CommOp("recv", msg))
+    return ops
