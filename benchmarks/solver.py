@@ -175,7 +175,7 @@ def main() -> None:
     started = time.monotonic()
     previous = json.loads((args.out / "solver.json").read_text()) if args.redo_worse else None
     if previous:
-        key = lambda r: (r["p"], r["m"], r["cost"], r["comm"], r["cap"])  # noqa: E731
+        key = lambda r: (r["p"], r["m"], tuple(r["cost"]), r["comm"], r["cap"])  # noqa: E731
         redo = {key(r) for r in previous["rows"] if r["makespan"] > anchor_of(anchors, r) + 1e-9}
         tasks = [t for t in tasks if key(t) in redo]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
