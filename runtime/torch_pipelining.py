@@ -31,15 +31,29 @@ TORCH_EQUIVALENTS: dict[str, str] = {
 }
 
 
+class _Stage(PipelineStage):
+    """PipelineStage whose P2P warm-up skips a neighbour stage held by this same rank.
+
+    torch 2.11 and earlier (before the forward/backward vote of 2.13) warm up
+    a multi-stage rank with a send to and a receive from each neighbour
+    stage's rank, even when that is this rank (the bottom of a V). NCCL
+    accepts a send to oneself; gloo does not ("Pair is not connected"), the
+    rank fails and its peers see "Connection closed by peer". The data those
+    ops carry is a dummy, so dropping the self-addressed ones changes nothing.
+    """
+
+    def _get_init_p2p_neighbors_ops(self) -> list[dist.P2POp]:
+        me = dist.get_rank()
+        return [op for op in super()._get_init_p2p_neighbors_ops() if op.peer != me]
+
+
 def _stages(
     schedule_stages: int,
     modules: Mapping[int, nn.Module],
     device: torch.device,
     group: dist.ProcessGroup | None,
 ) -> list[PipelineStage]:
-    return [
-        PipelineStage(module, stage, schedule_stages, device, group=group) for stage, module in sorted(modules.items())
-    ]
+    return [_Stage(module, stage, schedule_stages, device, group=group) for stage, module in sorted(modules.items())]
 
 
 def csv_schedule(
