@@ -99,7 +99,12 @@ class DelayStage(nn.Module):
     second (W), which our executor's split B defers to W (see _WeightSleep)
     and torch's stage_backward_input leaves for stage_backward_weight. So B
     sleeps `b`, W sleeps `w`, and a fused backward `b + w`.
+    `defers_weight_grads` tells our executor so: it then runs B as one plain
+    backward (like a stage of split Linears) instead of splitting the graph,
+    which would add a graph walk to every B that a real model does not pay.
     """
+
+    defers_weight_grads = True
 
     def __init__(self, f: float, b: float, w: float, width: int = 4):
         super().__init__()

@@ -34,10 +34,10 @@ from pipesynth.runtime.graph_split import WeightPlan, backward_input, backward_w
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.plan import CommOp, Message, messages, rank_ops
 from pipesynth.runtime.split import (
-    SPLIT_LAYERS,
     WEIGHTS_IN_B,
     WeightGradTask,
     deferring,
+    defers_own_weights,
     defers_weights,
     make_splittable,
 )
@@ -141,7 +141,7 @@ class PipelineExecutor:
         if self.problem.split_backward:
             for s, module in self.modules.items():
                 make_splittable(module)
-                split = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
+                split = {id(p) for sub in module.modules() if defers_own_weights(sub) for p in sub.parameters()}
                 in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
                 params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
                 if any(id(p) not in in_b for p in params):
