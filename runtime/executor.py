@@ -326,13 +326,14 @@ class PipelineExecutor:
         start = time.perf_counter()
         base_level = self.meter.level if self.meter else 0
 
+        run = {"F": self._forward, "B": self._backward, "W": self._weight}
+        self._post()
         for position, action in enumerate(self.actions):
-            self._post()
-            {"F": self._forward, "B": self._backward, "W": self._weight}[action.op](action)
+            run[action.op](action)
+            self._post()  # first thing after a pass: its output goes on the wire before any bookkeeping
             self._reap_sends(finished_only=True)
             if self.grads_ready is not None and self._last_pass[action.stage] == position:
                 self.grads_ready(action.stage, self.modules[action.stage])
-        self._post()
         self._reap_sends(finished_only=False)
 
         loss = torch.stack(self._losses).sum() / m if self._losses else None
