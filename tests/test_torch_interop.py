@@ -135,3 +135,16 @@ def test_torch_reads_and_lowers_every_exported_schedule(name):
         {r: list(row) for r, row in actions.items()}, lambda s: stage_to_rank[s], schedule.problem.stages
     )
     assert [[a for a in row if a.is_compute_op] for _, row in sorted(lowered.items())] == rows
+
+
+def test_a_torch_without_a_schedule_class_is_named_not_crashed_into(monkeypatch):
+    from pipesynth.errors import PipesynthError
+    from pipesynth.runtime import torch_pipelining as tp
+
+    assert tp.missing() is None and tp.missing("zb-v") is None
+    monkeypatch.delattr(tp.torch_schedules, "ScheduleZBVZeroBubble")
+    assert tp.missing("zb-v") == f"torch {torch.__version__} has no ScheduleZBVZeroBubble"
+    with pytest.raises(PipesynthError, match="has no ScheduleZBVZeroBubble"):
+        tp.builtin_schedule("zb-v", generate("zb-v", 2, 2), {}, None, torch.device("cpu"))
+    monkeypatch.delattr(tp.torch_schedules, "_PipelineScheduleRuntime")
+    assert "has no _PipelineScheduleRuntime._load_csv" in tp.missing()
