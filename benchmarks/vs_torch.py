@@ -30,7 +30,13 @@ from benchmarks.harness import (
 from pipesynth.generators import GENERATORS
 from pipesynth.runtime.delay import delay_loss, delay_stages
 from pipesynth.runtime.launch import launch
-from pipesynth.runtime.torch_pipelining import TORCH_EQUIVALENTS, builtin_schedule, csv_schedule, torch_step
+from pipesynth.runtime.torch_pipelining import (
+    TORCH_EQUIVALENTS,
+    builtin_schedule,
+    csv_schedule,
+    missing,
+    torch_step,
+)
 from pipesynth.schedule import Schedule
 
 
@@ -44,8 +50,10 @@ def variants(
         return delay_stages(schedule.problem, config.unit_s, schedule.problem.stages_on(rank))
 
     steps = {"pipesynth": our_step(schedule, fresh(), batch, targets)}
-    runtimes = {"torch CSV": csv_schedule(schedule, fresh(), delay_loss, device)}
-    if name in TORCH_EQUIVALENTS:
+    runtimes = {}
+    if not missing():
+        runtimes["torch CSV"] = csv_schedule(schedule, fresh(), delay_loss, device)
+    if name in TORCH_EQUIVALENTS and not missing(name):
         runtimes[f"torch {TORCH_EQUIVALENTS[name]}"] = builtin_schedule(name, schedule, fresh(), delay_loss, device)
     for label, runtime in runtimes.items():
         steps[label] = functools.partial(torch_step, runtime, schedule, batch, targets)
@@ -87,7 +95,7 @@ def main() -> None:
         builtin = next((k for k in times if k.startswith("torch Schedule")), None)
         cells = [row["schedule"], f"{statistics.median(ours) * 1e3:.1f}"]
         for label in ("torch CSV", builtin):
-            if label is None:
+            if label not in times:
                 cells += ["-", "-", "-"]
                 continue
             paired = [a / b for a, b in zip(ours, times[label])]  # step i of each ran back to back
@@ -99,11 +107,15 @@ def main() -> None:
                 f"{medians[-1]:.3f} ({min(paired):.2f}-{max(paired):.2f})",
             ]
         table.append("| " + " | ".join(cells) + " |")
+    skipped = sorted({why for why in [missing(), *(missing(n) for n in names if n in TORCH_EQUIVALENTS)] if why})
     header = config.describe() + [f"Measured tiny-tensor P2P latency (gloo): {result['latency_s'] * 1e6:.0f} us."]
+    header += [f'Skipped ("-"): {why}.' for why in skipped]
     summary = [
         f"Ratios: median over steps of ours / torch in the same step round (range in brackets). "
         f"Worst median {max(medians):.3f}, best {min(medians):.3f}, {sum(r <= 1 for r in medians)} of {len(medians)} "
         "comparisons <= 1 (target: all)."
+        if medians
+        else "No comparison: this torch has neither the CSV runtime nor a built-in twin of these schedules."
     ]
     path = write_results("vs_torch", header, table, summary)
     print("\n".join(table + summary))

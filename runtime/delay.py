@@ -1,8 +1,9 @@
 """A delay workload: pipeline stages whose F, B and W take set times by sleeping.
 
-Sleep uses no CPU, so 4 to 8 ranks on a 2-core machine behave like 4 to 8
-accelerators (DESIGN.md section 8): what is left is the executor's own
-overhead (Python, P2P, scheduling), which is what the benchmarks measure.
+Sleep uses no CPU (but for a short spin at the end of each nap), so 4 to 8
+ranks on a 2-core machine behave like 4 to 8 accelerators (DESIGN.md
+section 8): what is left is the executor's own overhead (Python, P2P,
+scheduling), which is what the benchmarks measure.
 Tensors are tiny.
 """
 
@@ -39,12 +40,27 @@ class SleepLag:
 LAG = SleepLag()
 
 
+# The last part of every nap spins instead of sleeping (see nap).
+SPIN_S = 0.0005
+
+
 def nap(seconds: float) -> None:
-    """time.sleep, recording the excess in LAG."""
+    """Take `seconds`: sleep all but the last SPIN_S, spin the rest; record any excess in LAG.
+
+    A plain sleep returns late (about 0.13 ms on 16 idle cores, more under
+    load) and wakes a cold core; spinning the tail ends on time with the
+    core awake, as a host spinning on an accelerator's completion would.
+    benchmarks/delay_variants.py measures the difference; the spin costs at
+    most SPIN_S of CPU per pass.
+    """
     if seconds <= 0:
         return
     start = time.perf_counter()
-    time.sleep(seconds)
+    deadline = start + seconds
+    if seconds > SPIN_S:
+        time.sleep(seconds - SPIN_S)
+    while time.perf_counter() < deadline:
+        pass
     LAG.sleeps += 1
     LAG.excess_s += time.perf_counter() - start - seconds
 
@@ -99,7 +115,12 @@ class DelayStage(nn.Module):
     second (W), which our executor's split B defers to W (see _WeightSleep)
     and torch's stage_backward_input leaves for stage_backward_weight. So B
     sleeps `b`, W sleeps `w`, and a fused backward `b + w`.
+    `defers_weight_grads` tells our executor so: it then runs B as one plain
+    backward (like a stage of split Linears) instead of splitting the graph,
+    which would add a graph walk to every B that a real model does not pay.
     """
+
+    defers_weight_grads = True
 
     def __init__(self, f: float, b: float, w: float, width: int = 4):
         super().__init__()

@@ -34,10 +34,10 @@ from pipesynth.runtime.graph_split import WeightPlan, backward_input, backward_w
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.plan import CommOp, Message, messages, rank_ops
 from pipesynth.runtime.split import (
-    SPLIT_LAYERS,
     WEIGHTS_IN_B,
     WeightGradTask,
     deferring,
+    defers_own_weights,
     defers_weights,
     make_splittable,
 )
@@ -323,13 +323,14 @@ class PipelineExecutor:
         start = time.perf_counter()
         base_level = self.meter.level if self.meter else 0
 
+        run = {"F": self._forward, "B": self._backward, "W": self._weight}
+        self._post()
         for position, action in enumerate(self.actions):
-            self._post()
-            {"F": self._forward, "B": self._backward, "W": self._weight}[action.op](action)
+            run[action.op](action)
+            self._post()  # first thing after a pass: its output goes on the wire before any bookkeeping
             self._reap_sends(finished_only=True)
             if self.grads_ready is not None and self._last_pass[action.stage] == position:
                 self.grads_ready(action.stage, self.modules[action.stage])
-        self._post()
         self._reap_sends(finished_only=False)
 
         loss = torch.stack(self._losses).sum() / m if self._losses else None
@@ -451,7 +452,7 @@ def graph_split_params(module: nn.Module) -> list[torch.Tensor] | None:
     None when the split layers and the LayerNorms (whose weight gradient B
     computes) hold every trainable parameter: deferring alone splits B and W.
     """
-    split = {id(p) for sub in module.modules() if isinstance(sub, SPLIT_LAYERS) for p in sub.parameters()}
+    split = {id(p) for sub in module.modules() if defers_own_weights(sub) for p in sub.parameters()}
     in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
     params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
     return params if any(id(p) not in in_b for p in params) else None

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 from pipesynth.errors import PipesynthError
 
@@ -68,9 +68,10 @@ def _worker(rank: int, world: int, port: int, device: str, timeout: float, threa
     try:
         result = fn(rank, world, _rank_device(device, rank), *args)
         Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
-    except Exception as err:
+    except BaseException as err:
         # Written before this rank exits (and so before peers see it gone): the launcher
-        # can then tell a root cause from the time-outs it triggers on other ranks.
+        # can then tell a root cause from the errors it triggers on other ranks, and order
+        # the failures by when they happened (the file's modification time).
         Path(out, f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
         raise
     finally:
@@ -114,12 +115,51 @@ def launch(
         return [pickle.loads(Path(out, f"rank{r}.pkl").read_bytes()) for r in range(world_size)]
 
 
+# What a rank reports when a peer failed first: its own error is a symptom, not the cause.
+_SYMPTOMS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out")
+
+
+def _is_symptom(text: str) -> bool:
+    first = text.partition("\n")[0]
+    return first.startswith("PipelineTimeoutError") or any(marker in first for marker in _SYMPTOMS)
+
+
+def _where(details: str) -> str:
+    """The innermost frame of a traceback, as 'file:line in function' ('' if none)."""
+    frames = [line.strip() for line in details.splitlines() if line.strip().startswith('File "')]
+    if not frames:
+        return ""
+    file, _, rest = frames[-1].removeprefix('File "').partition('", line ')
+    line, _, func = rest.partition(", in ")
+    return f" (at {Path(file).name}:{line} in {func})"
+
+
 def _root_cause(out: str, err: ProcessException) -> LaunchError:
-    """The failure to report: a rank's own error rather than the time-outs it caused elsewhere."""
-    errors = {int(path.stem[4:]): path.read_text() for path in Path(out).glob("rank*.err")}
+    """The failure to report: the first rank's own error, not what it caused on other ranks.
+
+    In order of preference: the earliest Python error that is not a symptom
+    of a peer's failure (a P2P time-out, a connection closed by the peer);
+    else a rank that died without a Python error (a signal, an exit code);
+    else the earliest symptom.
+    """
+    files = sorted(Path(out).glob("rank*.err"), key=lambda path: path.stat().st_mtime_ns)
+    errors = [(int(path.stem[4:]), path.read_text()) for path in files]
+    others = sorted({r for r, _ in errors} | {err.error_index})
+    causes = [(r, text) for r, text in errors if not _is_symptom(text)]
+    if not causes and err.error_index not in {r for r, _ in errors}:
+        if isinstance(err, ProcessExitedException):
+            how = f"signal {err.signal_name}" if err.signal_name else f"exit code {err.exit_code}"
+            message = f"rank {err.error_index} died ({how}) without a Python error"
+        else:
+            message = f"rank {err.error_index} failed: {str(err).strip()}"
+        return LaunchError(_also(message, err.error_index, others))
     if not errors:
-        return LaunchError(f"rank {err.error_index} failed: {str(err).strip()}")
-    timeouts = {r for r, text in errors.items() if text.startswith("PipelineTimeoutError")}
-    rank = min(set(errors) - timeouts or errors)
-    first, _, details = errors[rank].partition("\n")
-    return LaunchError(f"rank {rank} failed: {first}", details)
+        return LaunchError(_also(f"rank {err.error_index} failed: {str(err).strip()}", err.error_index, others))
+    rank, text = (causes or errors)[0]
+    first, _, details = text.partition("\n")
+    return LaunchError(_also(f"rank {rank} failed: {first}{_where(details)}", rank, others), details)
+
+
+def _also(message: str, rank: int, failed: list[int]) -> str:
+    rest = [r for r in failed if r != rank]
+    return message + (f"; also failed: rank{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))}" if rest else "")

@@ -145,6 +145,14 @@ def defers_weights(node: object) -> bool:
 
 _SPLIT_CLASSES: dict[type, type] = {nn.Linear: SplitLinear, nn.Embedding: SplitEmbedding}
 SPLIT_LAYERS = tuple(_SPLIT_CLASSES.values())
+
+
+def defers_own_weights(module: nn.Module) -> bool:
+    """Whether a module queues its own weight gradients during a deferring B (a split layer, or a
+    module that says so with a true `defers_weight_grads` attribute), so no graph split is needed."""
+    return isinstance(module, SPLIT_LAYERS) or getattr(module, "defers_weight_grads", False) is True
+
+
 # Layers whose (cheap) weight gradients are computed in B by plain autograd.
 WEIGHTS_IN_B = (nn.LayerNorm,)
 

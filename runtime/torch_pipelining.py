@@ -31,15 +31,47 @@ TORCH_EQUIVALENTS: dict[str, str] = {
 }
 
 
+def missing(name: str | None = None) -> str | None:
+    """Why this torch cannot run the CSV route (name None) or the built-in twin of generator `name`; None if it can.
+
+    The package supports torch >= 2.4; the CSV runtime (`_PipelineScheduleRuntime._load_csv`)
+    and some built-in schedules (ScheduleZBVZeroBubble) are newer than that.
+    """
+    runtime = getattr(torch_schedules, "_PipelineScheduleRuntime", None)
+    if name is None:
+        if runtime is None or not hasattr(runtime, "_load_csv"):
+            return f"torch {torch.__version__} has no _PipelineScheduleRuntime._load_csv"
+        return None
+    if name not in TORCH_EQUIVALENTS:
+        return f"torch has no built-in schedule for {name!r}; known: {', '.join(TORCH_EQUIVALENTS)}"
+    if not hasattr(torch_schedules, TORCH_EQUIVALENTS[name]):
+        return f"torch {torch.__version__} has no {TORCH_EQUIVALENTS[name]}"
+    return None
+
+
+class _Stage(PipelineStage):
+    """PipelineStage whose P2P warm-up skips a neighbour stage held by this same rank.
+
+    torch 2.11 and earlier (before the forward/backward vote of 2.13) warm up
+    a multi-stage rank with a send to and a receive from each neighbour
+    stage's rank, even when that is this rank (the bottom of a V). NCCL
+    accepts a send to oneself; gloo does not ("Pair is not connected"), the
+    rank fails and its peers see "Connection closed by peer". The data those
+    ops carry is a dummy, so dropping the self-addressed ones changes nothing.
+    """
+
+    def _get_init_p2p_neighbors_ops(self) -> list[dist.P2POp]:
+        me = dist.get_rank()
+        return [op for op in super()._get_init_p2p_neighbors_ops() if op.peer != me]
+
+
 def _stages(
     schedule_stages: int,
     modules: Mapping[int, nn.Module],
     device: torch.device,
     group: dist.ProcessGroup | None,
 ) -> list[PipelineStage]:
-    return [
-        PipelineStage(module, stage, schedule_stages, device, group=group) for stage, module in sorted(modules.items())
-    ]
+    return [_Stage(module, stage, schedule_stages, device, group=group) for stage, module in sorted(modules.items())]
 
 
 def csv_schedule(
@@ -50,6 +82,8 @@ def csv_schedule(
     group: dist.ProcessGroup | None = None,
 ) -> torch_schedules._PipelineScheduleRuntime:
     """torch's runtime loaded with `schedule` exported to CSV; `modules` are this rank's stages by index."""
+    if why := missing():
+        raise PipesynthError(why)
     rank = dist.get_rank(group)
     expected = schedule.problem.stages_on(rank)
     if sorted(modules) != expected:
@@ -76,8 +110,8 @@ def builtin_schedule(
     group: dist.ProcessGroup | None = None,
 ) -> torch_schedules._PipelineSchedule:
     """torch's own implementation of generator `name` on `schedule`'s problem (see TORCH_EQUIVALENTS)."""
-    if name not in TORCH_EQUIVALENTS:
-        raise PipesynthError(f"torch has no built-in schedule for {name!r}; known: {', '.join(TORCH_EQUIVALENTS)}")
+    if why := missing(name):
+        raise PipesynthError(why)
     cls = getattr(torch_schedules, TORCH_EQUIVALENTS[name])
     stages = _stages(schedule.problem.stages, modules, device, group)
     m = schedule.problem.microbatches

@@ -224,3 +224,10 @@ def phase_run(rank, world, device, schedule_text):
     executor.step(torch.randn(m, 4, dtype=torch.float64), torch.randn(m, 4, dtype=torch.float64))
     grads = {s: mod.w.grad is not None for s, mod in mine.items()}
     return CALLS, grads
+
+
+def peer_fails_run(rank, world, device):
+    """Rank 1 raises at once; rank 0 waits for a tensor from it and sees its connection close (a symptom)."""
+    if rank == 1:
+        raise RuntimeError("the real cause")
+    torch.distributed.recv(torch.zeros(1), 1)

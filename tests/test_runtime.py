@@ -9,7 +9,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime_workers import compare_with_reference, faulty_run, memory_run, phase_run, random_order  # noqa: E402
+from runtime_workers import (  # noqa: E402
+    compare_with_reference,
+    faulty_run,
+    memory_run,
+    peer_fails_run,
+    phase_run,
+    random_order,
+)
 
 from pipesynth.generators import GENERATORS, generate  # noqa: E402
 from pipesynth.problem import make_problem, parse_cap  # noqa: E402
@@ -94,6 +101,11 @@ def test_a_hung_peer_times_out_naming_rank_action_and_peer():
 def test_a_failing_rank_stops_every_rank():
     with pytest.raises(LaunchError, match="rank 1 failed: RuntimeError: boom in stage forward"):
         launch(faulty_run, 2, dumps(generate("gpipe", 2, 2)), "raise", timeout=10)
+
+
+def test_the_first_real_error_is_reported_not_the_closed_connection_it_causes_on_a_lower_rank():
+    with pytest.raises(LaunchError, match=r"^rank 1 failed: RuntimeError: the real cause \(at runtime_workers.py:"):
+        launch(peer_fails_run, 2, timeout=10)
 
 
 def test_a_nan_loss_is_an_error():
