@@ -12,7 +12,6 @@ The figure is each variant's median step time over the simulated makespan
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from typing import Any
 
@@ -26,6 +25,7 @@ from benchmarks.harness import (
     delay_batch,
     our_step,
     p2p_latency,
+    parse_arguments,
     timed_step,
     write_results,
 )
@@ -59,12 +59,8 @@ def worker(rank: int, world: int, device: torch.device, config: DelayConfig, nam
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    DelayConfig.add_arguments(parser)
-    parser.add_argument("--schedules", default="1f1b,zb-h1,v-half,zb-v", help="Comma-separated generator names.")
-    args = parser.parse_args()
-    config = DelayConfig.from_arguments(args)
-    result = launch(worker, config.devices, config, args.schedules.split(","))[0]
+    config, names = parse_arguments(__doc__.splitlines()[0], default_schedules="1f1b,zb-h1,v-half,zb-v")
+    result = launch(worker, config.devices, config, names)[0]
     table = ["| schedule | simulated (ms) | " + " | ".join(f"{label} / simulated" for label in VARIANTS) + " |"]
     table.append("|---|---|" + "---|" * len(VARIANTS))
     for name, medians in result["rows"].items():
@@ -75,9 +71,7 @@ def main() -> None:
         f"P2P latency (simulator's comm): {result['latency_s'] * 1e6:.0f} us. Variants interleaved step by step "
         f"in one launch; spin = the last {delay.SPIN_S * 1e3:g} ms of each nap (see the script's docstring)."
     ]
-    path = write_results("delay_variants", header, table, [])
-    print("\n".join(table))
-    print(f"written to {path}")
+    write_results("delay_variants", header, table, [])
 
 
 if __name__ == "__main__":

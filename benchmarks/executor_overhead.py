@@ -9,7 +9,6 @@ simulated is what the executor adds: Python, P2P, waiting (target <= 1.05).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from dataclasses import replace
 from typing import Any
@@ -23,10 +22,10 @@ from benchmarks.harness import (
     delay_batch,
     our_step,
     p2p_latency,
+    parse_arguments,
     timed_step,
     write_results,
 )
-from pipesynth.generators import GENERATORS
 from pipesynth.runtime.delay import LAG, delay_stages
 from pipesynth.runtime.launch import launch
 from pipesynth.simulate import simulate
@@ -70,12 +69,7 @@ def simulated_seconds(name: str, config: DelayConfig, comm_s: float, lag_s: floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    DelayConfig.add_arguments(parser)
-    parser.add_argument("--schedules", default="", help="Comma-separated generator names (default: all registered).")
-    args = parser.parse_args()
-    config = DelayConfig.from_arguments(args)
-    names = args.schedules.split(",") if args.schedules else sorted(GENERATORS)
+    config, names = parse_arguments(__doc__.splitlines()[0])
     result = launch(worker, config.devices, config, names)[0]
     table = [
         "| schedule | simulated (ms) | measured median (ms) | median / simulated "
@@ -103,9 +97,7 @@ def main() -> None:
         f"Median / simulated: worst {max(ratios):.3f}, mean {statistics.mean(ratios):.3f} (target <= 1.05). "
         f"With realised sleep times: worst {max(realised_ratios):.3f}, mean {statistics.mean(realised_ratios):.3f}."
     ]
-    path = write_results("executor_overhead", header, table, summary)
-    print("\n".join(table + summary))
-    print(f"written to {path}")
+    write_results("executor_overhead", header, table, summary)
 
 
 if __name__ == "__main__":

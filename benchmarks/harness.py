@@ -67,6 +67,18 @@ class DelayConfig:
         ]
 
 
+def parse_arguments(description: str, default_schedules: str = "") -> tuple[DelayConfig, list[str]]:
+    """The delay workload's options plus --schedules (default: every registered generator)."""
+    parser = argparse.ArgumentParser(description=description)
+    DelayConfig.add_arguments(parser)
+    parser.add_argument(
+        "--schedules", default=default_schedules, help="Comma-separated generator names (default: all registered)."
+    )
+    args = parser.parse_args()
+    names = args.schedules.split(",") if args.schedules else sorted(GENERATORS)
+    return DelayConfig.from_arguments(args), names
+
+
 def build_schedule(name: str, config: DelayConfig) -> Schedule:
     """Generator `name` on the delay workload's problem.
 
@@ -129,7 +141,7 @@ def command_line() -> str:
 
 
 def write_results(name: str, header: list[str], table: list[str], summary: list[str]) -> Path:
-    """benchmarks/results/<name>.md: the exact command, the set-up, the table, the summary."""
+    """benchmarks/results/<name>.md: the exact command, the set-up, the table, the summary (also printed)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
     load = (
@@ -138,6 +150,8 @@ def write_results(name: str, header: list[str], table: list[str], summary: list[
     )
     lines = [f"Command: `{command_line()}`", "", *header, load, "", *table, "", *summary, ""]
     path.write_text("\n".join(lines))
+    print("\n".join(table + summary))
+    print(f"written to {path}")
     return path
 
 

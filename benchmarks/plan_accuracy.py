@@ -319,8 +319,7 @@ def main() -> None:
         *value_rows,
     ]
     name = "plan_accuracy" + (f"_{args.only}" if args.only else "") + ("_mean" if args.statistic == "mean" else "")
-    path = write_results(name, header, table, notes)
-    print(f"wrote {path}")
+    write_results(name, header, table, notes)
 
 
 if __name__ == "__main__":

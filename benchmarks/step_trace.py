@@ -12,7 +12,6 @@ The figures are the median, 90th percentile and maximum over all passes.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
@@ -20,8 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from benchmarks.harness import DelayConfig, build_schedule, delay_batch, write_results
-from pipesynth.generators import GENERATORS
+from benchmarks.harness import DelayConfig, build_schedule, delay_batch, parse_arguments, write_results
 from pipesynth.runtime.delay import delay_loss, delay_stages
 from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.runtime.launch import launch
@@ -108,12 +106,7 @@ def spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    DelayConfig.add_arguments(parser)
-    parser.add_argument("--schedules", default="", help="Comma-separated generator names (default: all registered).")
-    args = parser.parse_args()
-    config = DelayConfig.from_arguments(args)
-    names = args.schedules.split(",") if args.schedules else sorted(GENERATORS)
+    config, names = parse_arguments(__doc__.splitlines()[0])
     rows = launch(worker, config.devices, config, names)[0]
 
     def ms(triple: tuple[float, float, float]) -> str:
@@ -130,9 +123,7 @@ def main() -> None:
             f"| {ms(r['delivery'])} | {ms(r['overrun'])} |"
         )
     header = config.describe(f"one traced step after {config.warmup} warm-up steps (see the script's docstring)")
-    path = write_results("step_trace", header, table, [])
-    print("\n".join(table))
-    print(f"written to {path}")
+    write_results("step_trace", header, table, [])
 
 
 if __name__ == "__main__":

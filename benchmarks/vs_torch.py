@@ -10,7 +10,6 @@ after warm-up and the median over steps of ours / torch's in the same round.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 from collections.abc import Callable
@@ -24,10 +23,10 @@ from benchmarks.harness import (
     delay_batch,
     our_step,
     p2p_latency,
+    parse_arguments,
     timed_step,
     write_results,
 )
-from pipesynth.generators import GENERATORS
 from pipesynth.runtime.delay import delay_loss, delay_stages
 from pipesynth.runtime.launch import launch
 from pipesynth.runtime.torch_pipelining import (
@@ -76,12 +75,7 @@ def worker(rank: int, world: int, device: torch.device, config: DelayConfig, nam
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    DelayConfig.add_arguments(parser)
-    parser.add_argument("--schedules", default="", help="Comma-separated generator names (default: all registered).")
-    args = parser.parse_args()
-    config = DelayConfig.from_arguments(args)
-    names = args.schedules.split(",") if args.schedules else sorted(GENERATORS)
+    config, names = parse_arguments(__doc__.splitlines()[0])
     result = launch(worker, config.devices, config, names)[0]
     table = [
         "| schedule | pipesynth (ms) | torch CSV (ms) | ours / torch CSV | torch built-in | built-in (ms) "
@@ -117,9 +111,7 @@ def main() -> None:
         if medians
         else "No comparison: this torch has neither the CSV runtime nor a built-in twin of these schedules."
     ]
-    path = write_results("vs_torch", header, table, summary)
-    print("\n".join(table + summary))
-    print(f"written to {path}")
+    write_results("vs_torch", header, table, summary)
 
 
 if __name__ == "__main__":

@@ -96,23 +96,14 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
 
 
 def random_order(problem, seed: int):
-    """A random valid order: repeatedly run a random pass whose dependencies have run."""
+    """A random valid schedule (see orders.random_valid_order)."""
     import random
 
-    from pipesynth.schedule import from_order
-    from pipesynth.simulate import dependencies
+    from orders import random_valid_order
 
-    rng = random.Random(seed)
-    todo = {(op, s, j) for op in problem.ops for s in range(problem.stages) for j in range(problem.microbatches)}
-    done: set = set()
-    order = [[] for _ in range(problem.devices)]
-    while todo:
-        ready = sorted(k for k in todo if all(d in done for d in dependencies(problem, *k)))
-        key = rng.choice(ready)
-        todo.remove(key)
-        done.add(key)
-        order[problem.placement[key[1]]].append(key)
-    return from_order(problem, order, f"random-{seed}")
+    from pipesynth.schedule import from_order
+
+    return from_order(problem, random_valid_order(problem, random.Random(seed)), f"random-{seed}")
 
 
 class Stall(nn.Module):

@@ -5,13 +5,14 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from orders import random_valid_order
 
 from pipesynth import schedule_file
 from pipesynth.errors import PipesynthError
 from pipesynth.generators import GENERATORS, generate, get_generator
 from pipesynth.problem import make_problem
 from pipesynth.schedule import from_order
-from pipesynth.simulate import dependencies, simulate
+from pipesynth.simulate import simulate
 from pipesynth.validate import find_violations
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -63,15 +64,7 @@ def random_valid_orders(draw):
         comm=draw(st.sampled_from([0, 1])),
         split_backward=draw(st.booleans()),
     )
-    rng = random.Random(draw(st.integers(0, 2**32)))
-    todo = {(op, s, j) for op in problem.ops for s in range(problem.stages) for j in range(problem.microbatches)}
-    done, order = set(), [[] for _ in range(devices)]
-    while todo:
-        ready = sorted(k for k in todo if all(d in done for d in dependencies(problem, *k)))
-        key = rng.choice(ready)
-        todo.remove(key)
-        done.add(key)
-        order[problem.placement[key[1]]].append(key)
+    order = random_valid_order(problem, random.Random(draw(st.integers(0, 2**32))))
     return problem, order
 
 

@@ -1,0 +1,22 @@
+"""Random valid device orders, for tests that need schedules no generator would write."""
+
+from __future__ import annotations
+
+import random
+
+from pipesynth.problem import Problem
+from pipesynth.simulate import PassKey, dependencies
+
+
+def random_valid_order(problem: Problem, rng: random.Random) -> list[list[PassKey]]:
+    """Repeatedly run a random pass whose dependencies have run: never deadlocked."""
+    todo = {(op, s, j) for op in problem.ops for s in range(problem.stages) for j in range(problem.microbatches)}
+    done: set[PassKey] = set()
+    order: list[list[PassKey]] = [[] for _ in range(problem.devices)]
+    while todo:
+        ready = sorted(k for k in todo if all(d in done for d in dependencies(problem, *k)))
+        key = rng.choice(ready)
+        todo.remove(key)
+        done.add(key)
+        order[problem.placement[key[1]]].append(key)
+    return order
