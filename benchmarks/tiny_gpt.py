@@ -15,6 +15,7 @@ the rank's action list).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -91,7 +92,9 @@ def main() -> None:
         f"{reference['step_ms'] / base['step_ms']:.2f} | {reference['peak_kib']:.0f} | - | "
         f"{reference['peak_kib'] / base['peak_kib']:.2f} | - | {reference['final_loss']:.6f} |",
         "",
-        "On a 2-core machine shared with other jobs, step times are indicative only; the memory columns are exact.",
+        f"Machine: {os.cpu_count()} CPU cores, load average (1 min) {os.getloadavg()[0]:.1f} at the end; the model is "
+        "tiny, so step times mostly measure per-pass overhead and P2P, and are indicative only; the memory columns "
+        "are exact.",
         "",
     ]
     out = args.out or RESULTS / f"tiny_gpt_{args.device.split(':')[0]}.md"
