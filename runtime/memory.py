@@ -47,7 +47,15 @@ class ActivationMeter:
         self.peak = self.level
 
     def hold(self, tensor: torch.Tensor) -> Held | torch.Tensor:
-        """Count `tensor` while the returned handle lives (tensors without storage pass through)."""
+        """Count `tensor` while the returned handle lives (tensors without storage pass through).
+
+        Keeps `tensor.detach()`, never the tensor itself: as a pack hook it gets the live tensor,
+        and for a node's own saved output (tanh, relu, exp) keeping that would close a cycle
+        node -> saved variable -> handle -> tensor -> grad_fn = node through C++, which no gc
+        collects. Only a backward without retain_graph breaks it, so a graph-split B (retained
+        for W) leaked the stage's activations every step. Unpacking re-attaches the history.
+        """
+        tensor = tensor.detach()
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):

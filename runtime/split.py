@@ -61,10 +61,16 @@ def accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
 
 
 def _defer(task: Callable[..., None], *tensors: torch.Tensor) -> bool:
-    """Queue `task(*tensors)` for W if a B is deferring; say whether it did."""
+    """Queue `task(*tensors)` for W if a B is deferring; say whether it did.
+
+    W needs the values only: a saved input unpacked in B carries its grad_fn,
+    and a product of it in W would be recorded by autograd, so adding it into
+    an existing .grad would make .grad hold the stage's graph (and, after a
+    graph-split B, its retained activations) until the next zero_grad.
+    """
     if _queue is None:
         return False
-    kept = [_keep(t) for t in tensors]
+    kept = [_keep(t.detach()) for t in tensors]
     _queue.append(lambda: task(*[unpack(k) for k in kept]))
     return True
 

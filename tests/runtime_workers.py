@@ -222,3 +222,33 @@ def peer_fails_run(rank, world, device):
     if rank == 1:
         raise RuntimeError("the real cause")
     torch.distributed.recv(torch.zeros(1), 1)
+
+
+class TanhStage(nn.Module):
+    """tanh(linear(sin(x)) + w): a graph-split stage (raw w) whose input path has a split Linear and an
+    op that saves its own output (tanh), so B's retained graph holds saved activations until W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4, dtype=torch.float64)
+        self.w = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.tanh(self.linear(x.sin()) + self.w)
+
+
+def leftover_run(rank, world, device, schedule_text, steps=3):
+    """Per step, with .grad None at the first and kept (never zeroed) after: the saved bytes still
+    live once the step returns (memory tracked), and whether any .grad carries autograd history
+    (tracked, then untracked: the meter's handles must not be what keeps W's products clean)."""
+    schedule = loads(schedule_text)
+    m = schedule.problem.microbatches
+    out = []
+    for track in (True, False):
+        mine = {s: TanhStage() for s in schedule.problem.stages_on(rank)}
+        executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=20, track_memory=track)
+        for _ in range(steps):
+            executor.step(torch.randn(m, 4, dtype=torch.float64), torch.randn(m, 4, dtype=torch.float64))
+            history = any(p.grad.requires_grad for mod in mine.values() for p in mod.parameters())
+            out.append((executor.meter.level if track else 0, history))
+    return sorted(executor._graph_split), out

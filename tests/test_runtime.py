@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 from runtime_workers import (  # noqa: E402
     compare_with_reference,
     faulty_run,
+    leftover_run,
     memory_run,
     peer_fails_run,
     phase_run,
@@ -191,3 +192,14 @@ def test_raw_parameters_get_their_weight_gradient_in_w_not_b():
         for s in stages:
             assert sorted(phase for name, st, phase in calls if st == s and name == "main") == ["B"] * 3
             assert sorted(phase for name, st, phase in calls if st == s and name == "weight") == ["W"] * 3
+
+
+def test_graph_split_stage_frees_its_graph_after_w_when_grads_accumulate():
+    """After each step nothing saved stays alive and no .grad holds a graph, whether .grad was None
+    (first step) or already set (later steps, never zeroed): memory does not grow step after step."""
+    per_rank = launch(leftover_run, 2, dumps(generate("zb-h1", 2, 3)), timeout=20)
+    for rank, (split_stages, steps) in enumerate(per_rank):
+        assert split_stages, f"rank {rank}: the stage must take the graph split"
+        for step, (live_bytes, grad_history) in enumerate(steps):
+            assert live_bytes == 0, f"rank {rank}, step {step}: {live_bytes} saved bytes outlive the step"
+            assert not grad_history, f"rank {rank}, step {step}: a .grad carries autograd history"
