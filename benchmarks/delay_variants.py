@@ -59,7 +59,8 @@ def worker(rank: int, world: int, device: torch.device, config: DelayConfig, nam
 
 
 def main() -> None:
-    config, names = parse_arguments(__doc__.splitlines()[0], default_schedules="1f1b,zb-h1,v-half,zb-v")
+    arguments = parse_arguments(__doc__.splitlines()[0], "delay_variants", default_schedules="1f1b,zb-h1,v-half,zb-v")
+    config, names = arguments.config, arguments.names
     result = launch(worker, config.devices, config, names)[0]
     table = ["| schedule | simulated (ms) | " + " | ".join(f"{label} / simulated" for label in VARIANTS) + " |"]
     table.append("|---|---|" + "---|" * len(VARIANTS))
@@ -71,7 +72,7 @@ def main() -> None:
         f"P2P latency (simulator's comm): {result['latency_s'] * 1e6:.0f} us. Variants interleaved step by step "
         f"in one launch; spin = the last {delay.SPIN_S * 1e3:g} ms of each nap (see the script's docstring)."
     ]
-    write_results("delay_variants", header, table, [])
+    write_results(arguments.results, header, table, [])
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def simulated_seconds(name: str, config: DelayConfig, comm_s: float, lag_s: floa
 
 
 def main() -> None:
-    config, names = parse_arguments(__doc__.splitlines()[0])
+    arguments = parse_arguments(__doc__.splitlines()[0], "executor_overhead")
+    config, names = arguments.config, arguments.names
     result = launch(worker, config.devices, config, names)[0]
     table = [
         "| schedule | simulated (ms) | measured median (ms) | median / simulated "
@@ -97,7 +98,7 @@ def main() -> None:
         f"Median / simulated: worst {max(ratios):.3f}, mean {statistics.mean(ratios):.3f} (target <= 1.05). "
         f"With realised sleep times: worst {max(realised_ratios):.3f}, mean {statistics.mean(realised_ratios):.3f}."
     ]
-    write_results("executor_overhead", header, table, summary)
+    write_results(arguments.results, header, table, summary)
 
 
 if __name__ == "__main__":

@@ -67,16 +67,30 @@ class DelayConfig:
         ]
 
 
-def parse_arguments(description: str, default_schedules: str = "") -> tuple[DelayConfig, list[str]]:
-    """The delay workload's options plus --schedules (default: every registered generator)."""
+@dataclass(frozen=True)
+class Arguments:
+    """A delay benchmark's command line: the workload, the schedules, the results file's name."""
+
+    config: DelayConfig
+    names: list[str]
+    results: str
+
+
+def parse_arguments(description: str, results: str, default_schedules: str = "") -> Arguments:
+    """The delay workload's options, --schedules (default: every registered generator) and --results.
+
+    --results names the file under benchmarks/results/ (default `results`), so a
+    run with other settings can sit next to the default one.
+    """
     parser = argparse.ArgumentParser(description=description)
     DelayConfig.add_arguments(parser)
     parser.add_argument(
         "--schedules", default=default_schedules, help="Comma-separated generator names (default: all registered)."
     )
+    parser.add_argument("--results", default=results, help=f"Results file name, without .md (default: {results}).")
     args = parser.parse_args()
     names = args.schedules.split(",") if args.schedules else sorted(GENERATORS)
-    return DelayConfig.from_arguments(args), names
+    return Arguments(DelayConfig.from_arguments(args), names, args.results)
 
 
 def build_schedule(name: str, config: DelayConfig) -> Schedule:

@@ -106,7 +106,8 @@ def spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    config, names = parse_arguments(__doc__.splitlines()[0])
+    arguments = parse_arguments(__doc__.splitlines()[0], "step_trace")
+    config, names = arguments.config, arguments.names
     rows = launch(worker, config.devices, config, names)[0]
 
     def ms(triple: tuple[float, float, float]) -> str:
@@ -123,7 +124,7 @@ def main() -> None:
             f"| {ms(r['delivery'])} | {ms(r['overrun'])} |"
         )
     header = config.describe(f"one traced step after {config.warmup} warm-up steps (see the script's docstring)")
-    write_results("step_trace", header, table, [])
+    write_results(arguments.results, header, table, [])
 
 
 if __name__ == "__main__":

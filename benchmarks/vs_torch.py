@@ -75,7 +75,8 @@ def worker(rank: int, world: int, device: torch.device, config: DelayConfig, nam
 
 
 def main() -> None:
-    config, names = parse_arguments(__doc__.splitlines()[0])
+    arguments = parse_arguments(__doc__.splitlines()[0], "vs_torch")
+    config, names = arguments.config, arguments.names
     result = launch(worker, config.devices, config, names)[0]
     table = [
         "| schedule | pipesynth (ms) | torch CSV (ms) | ours / torch CSV | torch built-in | built-in (ms) "
@@ -111,7 +112,7 @@ def main() -> None:
         if medians
         else "No comparison: this torch has neither the CSV runtime nor a built-in twin of these schedules."
     ]
-    write_results("vs_torch", header, table, summary)
+    write_results(arguments.results, header, table, summary)
 
 
 if __name__ == "__main__":
