@@ -8,6 +8,15 @@ order and why it cannot deadlock) and waited on just before the pass that
 consumes them; sends never block; neighbouring stages on one rank hand
 tensors over in memory.
 
+Waiting: on gloo a wait blocks the host, `timeout` at most, then raises
+PipelineTimeoutError. On NCCL a wait is stream-ordered (the compute stream
+waits for the transfer, the host goes on queueing passes, as in
+torch.distributed.pipelining), so it cannot time out where it is called:
+a watchdog thread (watchdog.py) ends the process naming rank, action and
+peer if the op has not completed `timeout` s after the wait. The host can
+run up to one step ahead of the GPU, so `timeout` must exceed a step.
+A send's buffer is kept until is_completed() says the transfer is done.
+
 Shapes: the first `step` runs a handshake along the stages (0, 1, ...): each
 rank infers its stages' output shapes with a forward on meta tensors (no
 compute, no side effects) and sends them to the next stage's rank. Every
@@ -19,6 +28,7 @@ from __future__ import annotations
 import datetime
 import math
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -41,6 +51,7 @@ from pipesynth.runtime.split import (
     defers_weights,
     make_splittable,
 )
+from pipesynth.runtime.watchdog import Watchdog
 from pipesynth.schedule import Action, Schedule
 from pipesynth.simulate import PassKey
 from pipesynth.validate import validate
@@ -133,6 +144,9 @@ class PipelineExecutor:
         self.modules = dict(stage_modules)
         self.device = torch.device(device) if device is not None else _device_of(self.modules)
         self.nccl = dist.get_backend(group) == "nccl"
+        self._watchdog = Watchdog(self.rank, timeout)  # its thread starts with the first NCCL wait
+        weakref.finalize(self, self._watchdog.stop)
+        self._in_flight: list[tuple[dist.Work, torch.Tensor]] = []  # NCCL sends waited on, maybe not done
         self.meter = ActivationMeter() if track_memory else None
         self._check(dist.get_world_size(group))
         # Stages with parameters outside the split layers (and LayerNorms, whose weight gradient
@@ -197,8 +211,8 @@ class PipelineExecutor:
             if place[s + 1] != self.rank:
                 buf = out.encode(self.device)
                 pending.append((dist.isend(buf, dst=self._peer(place[s + 1]), group=self.group), buf, s))
-        for work, _, s in pending:
-            self._wait(work, f"shape handshake for stage {s + 1}", place[s + 1], "sending the output shape")
+        for work, buf, s in pending:
+            self._wait_send(work, buf, f"shape handshake for stage {s + 1}", place[s + 1], "sending the output shape")
         grad_into = {s for s, m in self._in_meta.items() if s > 0 and m.dtype.is_floating_point}
         grad_into |= {s + 1 for s, m in self._out_meta.items() if m.dtype.is_floating_point}
         self._ops = rank_ops(messages(self.schedule, grad_into), self.rank)
@@ -222,14 +236,14 @@ class PipelineExecutor:
     # ------------------------------------------------------------------ comm
 
     def _wait(self, work: dist.Work, action: str, peer: int, doing: str) -> None:
-        """Wait for a P2P op at most `timeout` seconds; else raise naming rank, action and peer."""
+        """Wait for a P2P op at most `timeout` seconds; else fail naming rank, action and peer.
+
+        NCCL: stream-ordered, the watchdog bounds it (module docstring).
+        """
         start = time.monotonic()
         try:
             if self.nccl:
-                while not work.is_completed():
-                    if time.monotonic() - start > self.timeout:
-                        raise RuntimeError(f"timed out after {self.timeout:g} s")
-                    time.sleep(0.0001)
+                self._watchdog.watch(work, action, peer, doing)  # first: bounds a wait() that blocks after all
                 work.wait()
             else:
                 work.wait(timeout=datetime.timedelta(seconds=self.timeout))
@@ -258,15 +272,25 @@ class PipelineExecutor:
                 self._receiving[msg.index] = (work, buf)
             self._next += 1
 
+    def _wait_send(self, work: dist.Work, tensor: torch.Tensor, action: str, peer: int, doing: str) -> None:
+        """Wait for a send; on NCCL it may still be running after the wait: keep its buffer until it is done."""
+        self._wait(work, action, peer, doing)
+        if self.nccl and not work.is_completed():
+            self._in_flight.append((work, tensor))
+
     def _reap_sends(self, finished_only: bool) -> None:
-        """Drop the buffers of completed sends (surfacing their errors); wait for all unless `finished_only`."""
+        """Drop the buffers of completed sends (surfacing their errors); wait for all unless `finished_only`.
+
+        Never blocks the host on NCCL (is_completed and stream-ordered waits only).
+        """
         pending = []
         for work, tensor, msg in self._sending:
             if finished_only and not work.is_completed():
                 pending.append((work, tensor, msg))
             else:
-                self._wait(work, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
+                self._wait_send(work, tensor, str(Action(*msg.producer)), msg.dst, f"sending the {msg}")
         self._sending = pending
+        self._in_flight = [(work, tensor) for work, tensor in self._in_flight if not work.is_completed()]
 
     def _take(self, key: PassKey, action: Action) -> torch.Tensor:
         """The tensor `action` consumes: handed over in memory or received."""
@@ -317,6 +341,8 @@ class PipelineExecutor:
             self.meter.reset_peak()
         cuda = self.device.type == "cuda"
         if cuda:
+            # Step boundaries only (no overlap lost inside the step): the step's time and
+            # memory peak then leave out the caller's optimizer step still running on the GPU.
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             cuda_base = torch.cuda.memory_allocated(self.device)
@@ -337,7 +363,8 @@ class PipelineExecutor:
         if self.broadcast_loss:
             loss = self._broadcast(loss)
         if cuda:
-            torch.cuda.synchronize(self.device)
+            torch.cuda.synchronize(self.device)  # NCCL: every transfer of the step has completed now
+            self._reap_sends(finished_only=True)  # so their buffers go
         self.stats = StepStats(
             seconds=time.perf_counter() - start,
             peak_bytes=self.meter.peak - base_level if self.meter else 0,

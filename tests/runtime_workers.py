@@ -134,7 +134,7 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
     stages = schedule.problem.stages
     parts = split_layers(mlp(stages, 4, seed=1), [1] * stages)
     mine = {s: parts[s] for s in schedule.problem.stages_on(rank)}
-    if fault == "stall" and rank == 1:
+    if fault.startswith("stall") and rank == 1:
         mine = {s: Stall() for s in mine}
     if fault == "raise" and rank == 1:
         mine = {s: Boom() for s in mine}
@@ -145,7 +145,9 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
     y = torch.full((m, 4), float("nan")) if fault == "nan" else torch.randn(m, 4, dtype=torch.float64)
     try:
         executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=timeout)
-        if fault == "stall":
+        if fault == "stall-watchdog":
+            executor.nccl = True  # the NCCL wait path on gloo: wait() then the watchdog (gloo's wait blocks)
+        if fault.startswith("stall"):
             executor.step(x, y)  # a first step goes through, so the time-out hits a pass, not the set-up
             Stall.armed = True
         executor.step(x, y)
