@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 from pipesynth.errors import PipesynthError
+from pipesynth.runtime.watchdog import ERROR_FILE_VARIABLE
 
 
 class LaunchError(PipesynthError):
@@ -62,6 +63,8 @@ def free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, device: str, timeout: float, threads: int, out: str, fn, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    # Where an error that cannot be raised here (the watchdog's, on its own thread) is written.
+    os.environ[ERROR_FILE_VARIABLE] = str(Path(out, f"rank{rank}.err"))
     torch.set_num_threads(threads)
     limit = datetime.timedelta(seconds=timeout)
     dist.init_process_group(backend_for(device), rank=rank, world_size=world, timeout=limit)

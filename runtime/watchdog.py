@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 
@@ -26,8 +27,12 @@ class Completable(Protocol):
     def is_completed(self) -> bool: ...
 
 
+# Set by launch() in each rank: the file its root-cause report reads for this rank's error.
+ERROR_FILE_VARIABLE = "PIPESYNTH_RANK_ERROR_FILE"
+
+
 def exit_process(message: str) -> None:
-    """Print `message` on stderr and end the process with exit code 1.
+    """Report `message` on stderr (and to launch(), see ERROR_FILE_VARIABLE); end the process, exit code 1.
 
     Raising would not help: this runs on the watchdog thread, while the main
     thread may be blocked inside CUDA/NCCL and never return to Python.
@@ -36,6 +41,9 @@ def exit_process(message: str) -> None:
     """
     sys.stdout.flush()
     print(f"PipelineTimeoutError (watchdog): {message}", file=sys.stderr, flush=True)
+    error_file = os.environ.get(ERROR_FILE_VARIABLE)
+    if error_file:
+        Path(error_file).write_text(f"PipelineTimeoutError: {message}\n")
     os._exit(1)
 
 

@@ -103,9 +103,9 @@ def test_the_watchdog_of_the_nccl_wait_path_ends_a_rank_stuck_on_a_hung_peer(cap
     # NCCL waits do not block the host, so a watchdog thread bounds them; gloo's wait() blocks,
     # which stands in for a main thread stuck inside CUDA: only the watchdog can end it.
     text = dumps(generate("1f1b", 3, 3))
-    with pytest.raises(LaunchError, match=r"rank [02] died \(exit code 1\) without a Python error"):
-        launch(faulty_run, 3, text, "stall-watchdog", 3.0, timeout=20)
     pattern = r"rank [02], [FB] of stage [02] microbatch 0: receiving the .* with rank 1 timed out after 3 s"
+    with pytest.raises(LaunchError, match=r"^rank [02] failed: PipelineTimeoutError: " + pattern):
+        launch(faulty_run, 3, text, "stall-watchdog", 3.0, timeout=20)
     assert re.search(pattern, capfd.readouterr().err)
 
 
