@@ -52,7 +52,7 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
         m = schedule.problem.microbatches
         ref_layers = mlp(stages, width, seed=1)
         ref = nn.Sequential(*ref_layers)
-        pipe_layers = mlp(stages, width, seed=1)
+        pipe_layers = [layer.to(device) for layer in mlp(stages, width, seed=1)]  # the reference stays on CPU
         parts = split_layers(pipe_layers, [1] * stages)
         mine = {s: parts[s] for s in schedule.problem.stages_on(rank)}
         ready: dict[int, list] = {}  # stage -> its gradients when grads_ready fired
@@ -88,7 +88,7 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
                     if p.grad is None or q.grad is None:  # an unused parameter must stay without gradient
                         worst_grad = max(worst_grad, 0.0 if p.grad is q.grad else float("inf"))
                     else:
-                        worst_grad = max(worst_grad, (p.grad - q.grad).abs().max().item())
+                        worst_grad = max(worst_grad, (p.grad.cpu() - q.grad).abs().max().item())
             opt_ref.step()
             opt.step()
         results.append((schedule.name, worst_loss, worst_grad, hook_ok))
@@ -132,7 +132,7 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
 
     schedule = loads(schedule_text)
     stages = schedule.problem.stages
-    parts = split_layers(mlp(stages, 4, seed=1), [1] * stages)
+    parts = split_layers([layer.to(device) for layer in mlp(stages, 4, seed=1)], [1] * stages)
     mine = {s: parts[s] for s in schedule.problem.stages_on(rank)}
     if fault.startswith("stall") and rank == 1:
         mine = {s: Stall() for s in mine}
@@ -144,7 +144,7 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
     x = torch.randn(m, 4, dtype=torch.float64)
     y = torch.full((m, 4), float("nan")) if fault == "nan" else torch.randn(m, 4, dtype=torch.float64)
     try:
-        executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=timeout)
+        executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, device=device, timeout=timeout)
         if fault == "stall-watchdog":
             executor.nccl = True  # the NCCL wait path on gloo: wait() then the watchdog (gloo's wait blocks)
         if fault.startswith("stall"):
