@@ -11,7 +11,7 @@ install:
 	$(PIP) install -q -e ".[runtime,plot,dev]"
 
 demo: install
-	$(PYTHON) -m pipesynth.demo
+	$(PYTHON) -m pipesynth demo
 
 test: install lint
 	$(PYTHON) -m pytest

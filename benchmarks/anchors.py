@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from pipesynth.construct import GENERATORS, generate, problem_for
 from pipesynth.errors import PipesynthError
-from pipesynth.generators import GENERATORS, generate, problem_for
-from pipesynth.schedule_file import write_text_atomic
+from pipesynth.formats.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent
 ANCHORS = ROOT / "anchors" / "official_v_schedules.json"

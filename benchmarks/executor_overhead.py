@@ -26,9 +26,9 @@ from benchmarks.harness import (
     timed_step,
     write_results,
 )
+from pipesynth.core.simulate import simulate
 from pipesynth.runtime.delay import LAG, delay_stages
 from pipesynth.runtime.launch import launch
-from pipesynth.simulate import simulate
 
 
 def worker(rank: int, world: int, device: torch.device, config: DelayConfig, names: list[str]) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipesynth.generators import GENERATORS, generate
+from pipesynth.construct import GENERATORS, generate
+from pipesynth.core.schedule import Schedule
 from pipesynth.runtime.delay import delay_loss
 from pipesynth.runtime.executor import PipelineExecutor
-from pipesynth.schedule import Schedule
 
 RESULTS = Path(__file__).parent / "results"
 START_LOAD = os.getloadavg()[0]  # the machine's load when the benchmark started (its ranks not yet running)

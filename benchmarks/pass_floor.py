@@ -27,7 +27,7 @@ import time
 import torch
 
 from benchmarks.harness import write_results
-from pipesynth.generators import generate
+from pipesynth.construct import generate
 from pipesynth.runtime.delay import LAG, DelayStage, delay_loss, delay_stages
 from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.runtime.launch import launch

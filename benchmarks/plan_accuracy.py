@@ -1,7 +1,7 @@
 """Profile -> plan -> run: does the plan predict the run, honour its byte budget, and beat handcrafted schedules?
 
 For each workload: profile its stages in this process (runtime/profile.py),
-plan with the solver under a byte budget (pipesynth.planning), then run the
+plan with the solver under a byte budget (pipesynth.plan.budget), then run the
 planned schedule -- and, for the value-of-profiling rows, the best
 handcrafted schedule under the same budget and the plan made from equal
 costs -- on local gloo ranks with the executor, all in one launch.
@@ -41,18 +41,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import write_results  # noqa: E402
 
-from pipesynth.planning import plan_problem  # noqa: E402
-from pipesynth.problem import Problem  # noqa: E402
+from pipesynth.core.problem import Problem  # noqa: E402
+from pipesynth.core.schedule import Schedule  # noqa: E402
+from pipesynth.core.simulate import from_order  # noqa: E402
+from pipesynth.core.units import format_bytes  # noqa: E402
+from pipesynth.formats.schedule_json import dumps, loads  # noqa: E402
+from pipesynth.plan.budget import plan_problem  # noqa: E402
 from pipesynth.runtime.delay import delay_loss  # noqa: E402
 from pipesynth.runtime.executor import PipelineExecutor  # noqa: E402
 from pipesynth.runtime.launch import launch  # noqa: E402
 from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt  # noqa: E402
 from pipesynth.runtime.profile import ModelProfile, profile_stages  # noqa: E402
-from pipesynth.runtime.split import _defer  # noqa: E402
-from pipesynth.schedule import Schedule, from_order  # noqa: E402
-from pipesynth.schedule_file import dumps, loads  # noqa: E402
+from pipesynth.runtime.split import defer_weight_grad  # noqa: E402
 from pipesynth.solver.hints import handcrafted  # noqa: E402
-from pipesynth.units import format_bytes  # noqa: E402
 
 WIDTH = 64  # features of the delay workload's tensors
 ROWS = 128  # rows per microbatch: one stage input is ROWS x WIDTH float32 = 32 KiB
@@ -84,7 +85,7 @@ class _Sleeps(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
         time.sleep(ctx.b)
         w = ctx.w
-        if not _defer(lambda: time.sleep(w)):
+        if not defer_weight_grad(lambda: time.sleep(w)):
             time.sleep(ctx.w)  # a fused backward: W's time now
         return grad, None, None, None
 

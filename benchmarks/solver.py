@@ -24,11 +24,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from pipesynth.generators import GENERATORS
-from pipesynth.problem import make_problem
+from pipesynth.construct import GENERATORS
+from pipesynth.core.problem import make_problem
+from pipesynth.core.validate import find_violations
 from pipesynth.solver import SolverParams, solve
 from pipesynth.solver.block import search_block
-from pipesynth.validate import find_violations
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT / "benchmarks" / "anchors" / "official_v_schedules.json"  # copy of shared/anchors/

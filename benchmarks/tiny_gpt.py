@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pipesynth.generators import GENERATORS, generate
+from pipesynth.construct import GENERATORS, generate
 from pipesynth.runtime.models import GPTConfig
 from pipesynth.runtime.train import TrainConfig, run_training
 

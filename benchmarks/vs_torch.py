@@ -27,6 +27,7 @@ from benchmarks.harness import (
     timed_step,
     write_results,
 )
+from pipesynth.core.schedule import Schedule
 from pipesynth.runtime.delay import delay_loss, delay_stages
 from pipesynth.runtime.launch import launch
 from pipesynth.runtime.torch_pipelining import (
@@ -36,7 +37,6 @@ from pipesynth.runtime.torch_pipelining import (
     missing,
     torch_step,
 )
-from pipesynth.schedule import Schedule
 
 
 def variants(

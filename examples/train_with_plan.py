@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipesynth.formats.schedule_json import load, save
 from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.runtime.launch import init_from_env
 from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt
 from pipesynth.runtime.planner import plan_pipeline
-from pipesynth.schedule_file import load, save
 
 SCHEDULE = Path(__file__).with_name("pipeline.json")
 CONFIG = GPTConfig(vocab=64, seq_len=32, dim=64, heads=4, blocks=8)

@@ -6,12 +6,12 @@ The core (this package) never imports torch: the executor lives in
 
 __version__ = "0.1.0"
 
+from pipesynth.core.problem import Problem, make_problem, one_f_one_b_peak, parse_cap, placement_for
+from pipesynth.core.schedule import Action, Metrics, Schedule
+from pipesynth.core.simulate import Simulation, simulate
+from pipesynth.core.validate import find_violations, validate
 from pipesynth.errors import InfeasibleError, InvalidScheduleError, PipesynthError, ScheduleFormatError
-from pipesynth.problem import Problem, make_problem, one_f_one_b_peak, parse_cap, placement_for
-from pipesynth.schedule import Action, Metrics, Schedule
-from pipesynth.schedule_file import load, load_problem, save
-from pipesynth.simulate import Simulation, simulate
-from pipesynth.validate import find_violations, validate
+from pipesynth.formats.schedule_json import load, load_problem, save
 
 __all__ = [
     "Action",

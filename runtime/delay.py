@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipesynth.problem import Problem
-from pipesynth.runtime.split import _defer, accumulate
+from pipesynth.core.problem import Problem
+from pipesynth.runtime.split import accumulate, defer_weight_grad
 
 
 @dataclass
@@ -101,7 +101,7 @@ class _WeightSleep(torch.autograd.Function):
             nap(seconds)
             accumulate(weight, g)
 
-        if _defer(weight_grad, grad):
+        if defer_weight_grad(weight_grad, grad):
             return None, None
         nap(seconds)
         return grad, None

@@ -36,60 +36,22 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 
-from pipesynth.errors import PipesynthError
-from pipesynth.runtime.graph_split import WeightPlan, backward_input, backward_weight, plan_weight_backward
+from pipesynth.core.schedule import Action, Schedule
+from pipesynth.core.simulate import PassKey
+from pipesynth.core.validate import validate
+from pipesynth.runtime.errors import NonFiniteLossError, PipelineError, PipelineTimeoutError
+from pipesynth.runtime.graph_split import WeightBranches
 from pipesynth.runtime.memory import ActivationMeter
-from pipesynth.runtime.plan import CommOp, Message, messages, rank_ops
+from pipesynth.runtime.p2p import CommOp, Message, TensorMeta, messages, rank_ops
+from pipesynth.runtime.passes import graph_split_params, input_backward, weight_backward
 from pipesynth.runtime.split import (
-    WEIGHTS_IN_B,
     WeightGradTask,
-    deferring,
-    defers_own_weights,
-    defers_weights,
     make_splittable,
 )
 from pipesynth.runtime.watchdog import Watchdog
-from pipesynth.schedule import Action, Schedule
-from pipesynth.simulate import PassKey
-from pipesynth.validate import validate
-
-
-class PipelineError(PipesynthError):
-    """The executor cannot go on; the message names the rank and what failed."""
-
-
-class PipelineTimeoutError(PipelineError):
-    """A peer did not deliver (or accept) a tensor in time, or failed."""
-
-
-class NonFiniteLossError(PipelineError):
-    """The loss of a step is NaN or infinite: the step's gradients must not be used."""
-
-
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool)
-_MAX_DIMS = 8
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    """Shape and dtype of a tensor that crosses a stage boundary."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    def encode(self, device: torch.device) -> torch.Tensor:
-        if len(self.shape) > _MAX_DIMS or self.dtype not in _DTYPES:
-            raise PipelineError(f"cannot send a {self.dtype} tensor of shape {self.shape} between stages")
-        dims = list(self.shape) + [0] * (_MAX_DIMS - len(self.shape))
-        return torch.tensor([_DTYPES.index(self.dtype), len(self.shape), *dims], dtype=torch.int64, device=device)
-
-    @staticmethod
-    def decode(t: torch.Tensor) -> TensorMeta:
-        values = t.tolist()
-        return TensorMeta(tuple(values[2 : 2 + values[1]]), _DTYPES[values[0]])
 
 
 @dataclass
@@ -200,7 +162,7 @@ class PipelineExecutor:
             elif place[s - 1] == self.rank:
                 meta = self._out_meta[s - 1]
             else:
-                buf = torch.empty(2 + _MAX_DIMS, dtype=torch.int64, device=self.device)
+                buf = TensorMeta.buffer(self.device)
                 work = dist.irecv(buf, src=self._peer(place[s - 1]), group=self.group)
                 self._wait(work, f"shape handshake for stage {s}", place[s - 1], "receiving the input shape")
                 meta = TensorMeta.decode(buf)
@@ -334,7 +296,7 @@ class PipelineExecutor:
         self._handover: dict[PassKey, torch.Tensor] = {}
         self._inputs: dict[tuple[int, int], torch.Tensor] = {}
         self._outputs: dict[tuple[int, int], object] = {}
-        self._w_tasks: dict[tuple[int, int], tuple[list[WeightGradTask], WeightPlan | None]] = {}
+        self._w_tasks: dict[tuple[int, int], tuple[list[WeightGradTask], WeightBranches | None]] = {}
         self._losses: list[torch.Tensor] = []
         if self.meter is not None:
             self.meter.exclude([*self._params(), *(b for mod in self.modules.values() for b in mod.buffers())])
@@ -471,51 +433,6 @@ class PipelineExecutor:
                 level -= kept
             peak = max(peak, level)
         return float(peak)
-
-
-def graph_split_params(module: nn.Module) -> list[torch.Tensor] | None:
-    """The parameters of a (splittable) stage whose B/W split must follow the autograd graph, or None.
-
-    None when the split layers and the LayerNorms (whose weight gradient B
-    computes) hold every trainable parameter: deferring alone splits B and W.
-    """
-    split = {id(p) for sub in module.modules() if defers_own_weights(sub) for p in sub.parameters()}
-    in_b = {id(p) for sub in module.modules() if isinstance(sub, WEIGHTS_IN_B) for p in sub.parameters()}
-    params = [p for p in module.parameters() if p.requires_grad and id(p) not in split]
-    return params if any(id(p) not in in_b for p in params) else None
-
-
-def input_backward(
-    out: torch.Tensor | GradientEdge,
-    grads: list[torch.Tensor] | None,
-    x: torch.Tensor | None,
-    params: list[torch.Tensor] | None,
-    hold: Callable[[torch.Tensor], object] | None,
-) -> tuple[list[WeightGradTask], WeightPlan | None]:
-    """A split B: input gradients now; the weight-gradient work queued (and planned) for W.
-
-    `params`: the stage's graph-split parameters (graph_split_params), split
-    along the graph when the stage has a floating input `x` to split on.
-    """
-    queue: list[WeightGradTask] = []
-    plan = None
-    if params is not None and x is not None:
-        root = out.node if isinstance(out, GradientEdge) else out.grad_fn
-        plan = plan_weight_backward(root, x, params, defers_weights)
-    with deferring(queue, hold):
-        if plan is None:
-            torch.autograd.backward([out], grads)
-        else:
-            backward_input(plan, [out], grads, x)
-    return queue, plan
-
-
-def weight_backward(queue: list[WeightGradTask], plan: WeightPlan | None) -> None:
-    """The W of a split B: the deferred products, then the graph-split weight gradients."""
-    while queue:
-        queue.pop(0)()
-    if plan is not None:
-        backward_weight(plan)
 
 
 def _device_of(modules: dict[int, nn.Module]) -> torch.device:

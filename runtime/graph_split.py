@@ -15,7 +15,7 @@ of torch.distributed.pipelining's stage_backward_input/weight:
 B must keep the graph (retain_graph) for W, so these stages free their
 activations after W, not after B. When a branch is shared by two frontier
 edges (e.g. a tied parameter used twice) re-entering frontier nodes one by
-one could count a gradient twice; `plan_weight_backward` then returns None
+one could count a gradient twice; `find_weight_branches` then returns None
 and the caller runs a fused backward for those parameters instead (exact,
 only not deferred).
 
@@ -34,7 +34,7 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
 
 @dataclass
-class WeightPlan:
+class WeightBranches:
     """Where B must capture gradients, and how W turns them into parameter gradients."""
 
     frontier: list[Node]
@@ -72,9 +72,9 @@ def _reaching(targets: list[Node], parents: dict[Node, list[Node]]) -> set[Node]
     return seen
 
 
-def plan_weight_backward(
+def find_weight_branches(
     root: Node, x: torch.Tensor, params: list[torch.Tensor], defers: Callable[[Node], bool]
-) -> WeightPlan | None:
+) -> WeightBranches | None:
     """The frontier of the input path for `params`; None if W cannot be split off safely.
 
     `defers(node)` says a node queues its own weight gradients during B (a
@@ -97,7 +97,7 @@ def plan_weight_backward(
     if not _independent(roots, parents, on_input_path):
         return None
     reached = [p for p, n in zip(params, param_nodes) if n in to_params]
-    return WeightPlan(list(leaving), leaving, reached)
+    return WeightBranches(list(leaving), leaving, reached)
 
 
 def _independent(roots: list[Node], parents: dict[Node, list[Node]], on_input_path: set[Node]) -> bool:
@@ -119,17 +119,17 @@ def _independent(roots: list[Node], parents: dict[Node, list[Node]], on_input_pa
 
 
 def backward_input(
-    plan: WeightPlan, outputs: list[torch.Tensor | GradientEdge], grads: list | None, x: torch.Tensor
+    branches: WeightBranches, outputs: list[torch.Tensor | GradientEdge], grads: list | None, x: torch.Tensor
 ) -> None:
     """B: the input gradient into `x.grad`, recording the gradients at the frontier for W."""
 
     def recorder(node: Node):
         def hook(grad_outputs):
-            plan.captured[node] = tuple(grad_outputs)
+            branches.captured[node] = tuple(grad_outputs)
 
         return hook
 
-    handles = [node.register_prehook(recorder(node)) for node in plan.frontier]
+    handles = [node.register_prehook(recorder(node)) for node in branches.frontier]
     try:
         torch.autograd.backward(outputs, grads, inputs=[x], retain_graph=True)
     finally:
@@ -137,12 +137,12 @@ def backward_input(
             handle.remove()
 
 
-def backward_weight(plan: WeightPlan) -> None:
+def backward_weight(branches: WeightBranches) -> None:
     """W: from each frontier node along its leaving edges only, then down the branches to the parameters."""
     roots: list[GradientEdge] = []
     root_grads: list[torch.Tensor] = []
-    for node, edges in plan.leaving.items():
-        captured = plan.captured.get(node)
+    for node, edges in branches.leaving.items():
+        captured = branches.captured.get(node)
         if captured is None:
             continue  # no gradient reached this node in B (e.g. an unused output)
         outs = [(GradientEdge(node, i), g) for i, g in enumerate(captured) if g is not None]
@@ -160,4 +160,4 @@ def backward_weight(plan: WeightPlan) -> None:
                 roots.append(GradientEdge(n, nr))
                 root_grads.append(g)
     if roots:
-        torch.autograd.backward(roots, root_grads, inputs=plan.params)
+        torch.autograd.backward(roots, root_grads, inputs=branches.params)

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipesynth.planning import plan_problem
-from pipesynth.problem import Number
+from pipesynth.core.problem import Number
+from pipesynth.core.schedule import Schedule
+from pipesynth.plan.budget import plan_problem
 from pipesynth.runtime.profile import LossFn, profile_stages
-from pipesynth.schedule import Schedule
 from pipesynth.solver.progress import Progress
 
 

@@ -35,13 +35,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from pipesynth.core.problem import Problem, make_problem, placement_for
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.units import PROFILED
 from pipesynth.errors import PipesynthError
-from pipesynth.problem import Problem, make_problem, placement_for
-from pipesynth.runtime.executor import PipelineError, TensorMeta, graph_split_params, input_backward, weight_backward
+from pipesynth.runtime.errors import PipelineError
 from pipesynth.runtime.memory import ActivationMeter
+from pipesynth.runtime.p2p import TensorMeta
+from pipesynth.runtime.passes import graph_split_params, input_backward, weight_backward
 from pipesynth.runtime.split import make_splittable
-from pipesynth.schedule import Schedule
-from pipesynth.units import PROFILED
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

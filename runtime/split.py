@@ -60,7 +60,7 @@ def accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
         param.grad.add_(grad)
 
 
-def _defer(task: Callable[..., None], *tensors: torch.Tensor) -> bool:
+def defer_weight_grad(task: Callable[..., None], *tensors: torch.Tensor) -> bool:
     """Queue `task(*tensors)` for W if a B is deferring; say whether it did.
 
     W needs the values only: a saved input unpacked in B carries its grad_fn,
@@ -97,7 +97,7 @@ class _LinearFn(torch.autograd.Function):
         weight, bias = ctx.weight, ctx.bias
         grad_x = g.matmul(weight) if ctx.needs_input_grad[0] else None
         wants_weights = ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2])
-        if not wants_weights or _defer(lambda x, g: _linear_weight_grads(weight, bias, x, g), x, g):
+        if not wants_weights or defer_weight_grad(lambda x, g: _linear_weight_grads(weight, bias, x, g), x, g):
             return grad_x, None, None
         g2 = g.reshape(-1, g.shape[-1])
         grad_w = g2.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
@@ -125,7 +125,7 @@ class _EmbeddingFn(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         (idx,) = ctx.saved_tensors
         emb = ctx.emb
-        if _defer(lambda i, g: _embedding_weight_grad(emb, i, g), idx, g):
+        if defer_weight_grad(lambda i, g: _embedding_weight_grad(emb, i, g), idx, g):
             return None, None, None
         return None, _embedding_grad(emb, idx, g), None
 

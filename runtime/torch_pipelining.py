@@ -18,9 +18,9 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
 
+from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
-from pipesynth.schedule import Schedule
-from pipesynth.torch_csv import to_torch_csv
+from pipesynth.formats.torch_csv import to_torch_csv
 
 # Our generator name -> torch's class running the same algorithm (stage placement included).
 TORCH_EQUIVALENTS: dict[str, str] = {

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
+from pipesynth.formats.schedule_json import dumps, loads
 from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.runtime.launch import launch
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt
-from pipesynth.schedule import Schedule
-from pipesynth.schedule_file import dumps, loads
 
 MODELS = ("tiny-gpt",)
 
@@ -142,8 +142,8 @@ def main() -> None:
 
     import torch.distributed as dist
 
+    from pipesynth.formats.schedule_json import load
     from pipesynth.runtime.launch import init_from_env
-    from pipesynth.schedule_file import load
 
     parser = argparse.ArgumentParser(description="Train the tiny GPT with a schedule, one process per rank.")
     parser.add_argument("file")

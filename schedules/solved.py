@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipesynth.problem import make_problem, parse_cap
-from pipesynth.schedule_file import save, write_text_atomic
+from pipesynth.core.problem import make_problem, parse_cap
+from pipesynth.formats.files import write_text_atomic
+from pipesynth.formats.schedule_json import save
 from pipesynth.solver import smallest_feasible_cap, solve
 
 HERE = Path(__file__).resolve().parent

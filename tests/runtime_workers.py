@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipesynth.formats.schedule_json import loads
 from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.runtime.models import split_layers
-from pipesynth.schedule_file import loads
 
 
 class Scale(nn.Module):
@@ -101,7 +101,7 @@ def random_order(problem, seed: int):
 
     from orders import random_valid_order
 
-    from pipesynth.schedule import from_order
+    from pipesynth.core.simulate import from_order
 
     return from_order(problem, random_valid_order(problem, random.Random(seed)), f"random-{seed}")
 
@@ -128,7 +128,7 @@ class Boom(nn.Module):
 
 def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
     """Run one step with a fault injected; return this rank's error message (or None)."""
-    from pipesynth.runtime.executor import PipelineError
+    from pipesynth.runtime.errors import PipelineError
 
     schedule = loads(schedule_text)
     stages = schedule.problem.stages

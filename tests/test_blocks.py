@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipesynth.blocks import Block, block_violations, lifespans, memory_bound, unroll
-from pipesynth.problem import make_problem
-from pipesynth.validate import validate
+from pipesynth.construct.blocks import Block, block_violations, lifespans, memory_bound, unroll
+from pipesynth.core.problem import make_problem
+from pipesynth.core.validate import validate
 
 
 def two_device_block(interval=6.0, **options):

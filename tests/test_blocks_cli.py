@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from pipesynth.analysis.pareto import ParetoPoint, mark_frontier, pareto_points
 from pipesynth.cli import app
-from pipesynth.pareto import ParetoPoint, mark_frontier, pareto_points
 
 
 def run(*args):

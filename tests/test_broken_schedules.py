@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from pipesynth import schedule_file
+from pipesynth.construct import generate
+from pipesynth.core.schedule import Action, Schedule
+from pipesynth.core.validate import find_violations, validate
 from pipesynth.errors import InvalidScheduleError, ScheduleFormatError
-from pipesynth.generators import generate
-from pipesynth.schedule import Action, Schedule
-from pipesynth.validate import find_violations, validate
+from pipesynth.formats import schedule_json
 
 
 def zb_h1():
@@ -100,7 +100,7 @@ def test_a_pass_the_problem_does_not_have_is_rejected():
 
 
 def valid_dict():
-    return json.loads(schedule_file.dumps(zb_h1()))
+    return json.loads(schedule_json.dumps(zb_h1()))
 
 
 def broken(edit):
@@ -146,18 +146,18 @@ def set_in(path, value):
 )
 def test_broken_file_is_rejected_naming_the_field(edit, message):
     with pytest.raises(ScheduleFormatError) as err:
-        schedule_file.loads(broken(edit))
+        schedule_json.loads(broken(edit))
     assert str(err.value).startswith(message), str(err.value)
 
 
 def test_malformed_json_names_the_file_and_line():
-    text = schedule_file.dumps(zb_h1()).replace('"mb": 2', '"mb": 2,', 1)
+    text = schedule_json.dumps(zb_h1()).replace('"mb": 2', '"mb": 2,', 1)
     with pytest.raises(ScheduleFormatError, match=r"^zb.json: not valid JSON \(.* at line \d+\)$"):
-        schedule_file.loads(text, source="zb.json")
+        schedule_json.loads(text, source="zb.json")
 
 
 def test_fused_problem_rejects_a_w_cost_and_w_actions():
-    data = json.loads(schedule_file.dumps(generate("1f1b", 2, 1)))
+    data = json.loads(schedule_json.dumps(generate("1f1b", 2, 1)))
     data["problem"]["cost"]["W"] = [1, 1]
     with pytest.raises(ScheduleFormatError, match="cost.W: must be absent when split_backward is false"):
-        schedule_file.loads(json.dumps(data))
+        schedule_json.loads(json.dumps(data))

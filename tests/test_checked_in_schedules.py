@@ -4,16 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from pipesynth import schedule_file
-from pipesynth.simulate import simulate
-from pipesynth.validate import find_violations
+from pipesynth.core.simulate import simulate
+from pipesynth.core.validate import find_violations
+from pipesynth.formats import schedule_json
 
 FILES = sorted((Path(__file__).resolve().parents[1] / "schedules").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_checked_in_schedule_is_valid_and_its_metrics_are_current(path):
-    s = schedule_file.load(path)
+    s = schedule_json.load(path)
     assert find_violations(s) == []
     assert s.metrics == simulate(s).metrics
     planned = [(a.start, a.end) for a in s.all_actions()]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipesynth import schedule_file
 from pipesynth.cli import app
-from pipesynth.generators import GENERATORS
+from pipesynth.construct import GENERATORS
+from pipesynth.formats import schedule_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_list_names_every_generator_with_placement_and_backward():
 
 
 def test_schedule_writes_a_file_and_summarises_on_stderr(zb_file):
-    s = schedule_file.load(zb_file)
+    s = schedule_json.load(zb_file)
     assert s.name == "zb-h1" and s.problem.devices == 4 and s.problem.cost_b == (4.0,) * 4
     assert s.metrics.makespan == 8 * 9 + 3 * 5  # m(F+B+W) + (D-1)(F+B-W)
 
@@ -60,7 +60,7 @@ def test_schedule_without_output_prints_json_to_stdout():
 def test_schedule_takes_caps_per_device_and_relative(tmp_path):
     ok = run("schedule", "zb-h1", "-d", 3, "-m", 6, "--cap", "1x", "-o", tmp_path / "a.json")
     assert ok.exit_code == 0, ok.output
-    assert schedule_file.load(tmp_path / "a.json").problem.cap == (3.0, 3.0, 3.0)
+    assert schedule_json.load(tmp_path / "a.json").problem.cap == (3.0, 3.0, 3.0)
     assert run("schedule", "1f1b", "-d", 2, "-m", 2, "--cap", "2:1", "-o", tmp_path / "b.json").exit_code == 0
 
 

@@ -4,10 +4,10 @@ import json
 
 from typer.testing import CliRunner
 
-from pipesynth import schedule_file
 from pipesynth.cli import app
-from pipesynth.problem import make_problem
-from pipesynth.validate import find_violations
+from pipesynth.core.problem import make_problem
+from pipesynth.core.validate import find_violations
+from pipesynth.formats import schedule_json
 
 FAST = ["--time-limit", "1", "--workers", "1", "--deterministic"]
 
@@ -20,7 +20,7 @@ def test_solve_writes_a_valid_schedule_with_provenance_and_progress(tmp_path):
     out = tmp_path / "s.json"
     result = run("solve", "-d", 3, "-m", 6, "--memory", "0.5x", "--cost", "F=3,B=4,W=2", *FAST, "-o", out)
     assert result.exit_code == 0, result.output
-    schedule = schedule_file.load(out)
+    schedule = schedule_json.load(out)
     assert find_violations(schedule) == []
     assert schedule.problem.cap == (3.0, 3.0, 3.0)  # half of 1F1B's 3 microbatches x 2 chunk units
     prov = schedule.provenance
@@ -39,10 +39,10 @@ def test_quiet_prints_no_progress(tmp_path):
 def test_problem_file_with_explicit_placement_and_fused_backward(tmp_path):
     problem = make_problem(2, 3, [0, 1, 1, 0], cost={"F": 1, "B": 2}, split_backward=False, cap=4)
     path = tmp_path / "p.json"
-    path.write_text(json.dumps(schedule_file.problem_to_dict(problem)))
+    path.write_text(json.dumps(schedule_json.problem_to_dict(problem)))
     result = run("solve", "--problem", path, "-q", *FAST)
     assert result.exit_code == 0, result.output
-    schedule = schedule_file.loads(result.stdout)
+    schedule = schedule_json.loads(result.stdout)
     assert schedule.problem == problem
     assert find_violations(schedule) == []
 

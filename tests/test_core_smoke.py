@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from pipesynth import schedule_file, validate
-from pipesynth.generators import generate
+from pipesynth import validate
+from pipesynth.construct import generate
+from pipesynth.formats import schedule_json
 
 
 @pytest.mark.parametrize("devices,microbatches", [(2, 1), (4, 8), (8, 32), (5, 3)])
@@ -19,11 +20,11 @@ def test_1f1b_bubble_rate_matches_closed_form(devices, microbatches):
 
 def test_schedule_file_round_trip_is_identity():
     s = generate("gpipe", 3, 4, cost={"F": 3, "B": 4, "W": 2}, comm=0.5)
-    again = schedule_file.loads(schedule_file.dumps(s))
+    again = schedule_json.loads(schedule_json.dumps(s))
     assert again == s
 
 
 def test_import_pipesynth_does_not_import_torch():
-    code = "import sys, pipesynth, pipesynth.cli, pipesynth.generators; print('torch' in sys.modules)"
+    code = "import sys, pipesynth, pipesynth.cli, pipesynth.construct; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

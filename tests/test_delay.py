@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 
 from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight  # noqa: E402
 
-from pipesynth.generators import generate  # noqa: E402
+from pipesynth.construct import generate  # noqa: E402
 from pipesynth.runtime import delay  # noqa: E402
 from pipesynth.runtime.split import deferring  # noqa: E402
 

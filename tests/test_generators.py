@@ -3,9 +3,9 @@
 import pytest
 
 from pipesynth import validate
+from pipesynth.construct import generate
+from pipesynth.core.simulate import simulate
 from pipesynth.errors import PipesynthError
-from pipesynth.generators import generate
-from pipesynth.simulate import simulate
 
 GRID = [(d, m) for d in range(1, 9) for m in range(1, 3 * d + 2)]
 COSTS = [{"F": 1, "B": 1, "W": 1}, {"F": 3, "B": 4, "W": 2}, {"F": 1, "B": 2, "W": 1}, {"F": 2, "B": 1, "W": 3}]

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from pipesynth import schedule_file
+from pipesynth.construct import GENERATORS, generate
+from pipesynth.core.problem import make_problem, one_f_one_b_peak, parse_cap, placement_for
 from pipesynth.errors import PipesynthError, ScheduleFormatError
-from pipesynth.generators import GENERATORS, generate
-from pipesynth.problem import make_problem, one_f_one_b_peak, parse_cap, placement_for
+from pipesynth.formats import schedule_json
 
 
 def test_scalars_broadcast_to_every_stage_and_lists_stay_per_stage():
@@ -74,13 +74,13 @@ def test_bad_problems_name_the_field(call, message):
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_file_round_trip_is_lossless(name):
     s = generate(name, 3, 3, chunks=2, cost={"F": 1.5, "B": 2, "W": 0.25}, comm=0.1, activation=3, cap="2x")
-    text = schedule_file.dumps(s)
-    assert schedule_file.loads(text) == s
-    assert schedule_file.dumps(schedule_file.loads(text)) == text
+    text = schedule_json.dumps(s)
+    assert schedule_json.loads(text) == s
+    assert schedule_json.dumps(schedule_json.loads(text)) == text
 
 
 def test_file_follows_the_design_layout():
-    data = json.loads(schedule_file.dumps(generate("1f1b", 2, 2, cost={"F": 1, "B": 2, "W": 1})))
+    data = json.loads(schedule_json.dumps(generate("1f1b", 2, 2, cost={"F": 1, "B": 2, "W": 1})))
     assert list(data) == ["format", "name", "problem", "actions", "metrics", "provenance"]
     assert data["problem"]["cost"] == {"F": [1, 1], "B": [3, 3]}  # fused: B is the whole backward, no W
     assert data["problem"]["split_backward"] is False and data["problem"]["memory"]["cap"] is None
@@ -98,7 +98,7 @@ def test_reader_accepts_scalars_defaults_and_actions_without_times():
             ],
         }
     )
-    s = schedule_file.loads(text)
+    s = schedule_json.loads(text)
     p = s.problem
     assert p.split_backward and p.comm == 0 and p.activation == p.kept_for_w == (1.0,) and p.cap is None
     assert s.name == "" and s.metrics is None and s.actions[0][1].start is None
@@ -106,18 +106,18 @@ def test_reader_accepts_scalars_defaults_and_actions_without_times():
 
 def test_load_problem_reads_a_problem_file_or_a_schedule_file(tmp_path):
     s = generate("zb-h2", 2, 3, comm=1)
-    schedule_file.save(s, tmp_path / "s.json")
-    schedule_file.save_problem(s.problem, tmp_path / "p.json")
-    assert schedule_file.load_problem(tmp_path / "s.json") == s.problem
-    assert schedule_file.load_problem(tmp_path / "p.json") == s.problem
+    schedule_json.save(s, tmp_path / "s.json")
+    schedule_json.save_problem(s.problem, tmp_path / "p.json")
+    assert schedule_json.load_problem(tmp_path / "s.json") == s.problem
+    assert schedule_json.load_problem(tmp_path / "p.json") == s.problem
     with pytest.raises(ScheduleFormatError, match="devices: missing"):
         (tmp_path / "q.json").write_text("{}")
-        schedule_file.load_problem(tmp_path / "q.json")
+        schedule_json.load_problem(tmp_path / "q.json")
 
 
 def test_save_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "deep" / "s.json"
-    schedule_file.save(generate("gpipe", 2, 2), target)
-    schedule_file.save(generate("1f1b", 3, 3), target)
-    assert schedule_file.load(target).name == "1f1b"
+    schedule_json.save(generate("gpipe", 2, 2), target)
+    schedule_json.save(generate("1f1b", 3, 3), target)
+    assert schedule_json.load(target).name == "1f1b"
     assert [p.name for p in target.parent.iterdir()] == ["s.json"]

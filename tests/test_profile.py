@@ -10,14 +10,15 @@ from torch import nn  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from pipesynth.cli import app  # noqa: E402
+from pipesynth.core.units import PROFILED  # noqa: E402
 from pipesynth.errors import InfeasibleError, PipesynthError  # noqa: E402
-from pipesynth.planning import plan_problem  # noqa: E402
-from pipesynth.runtime.executor import PipelineExecutor, TensorMeta  # noqa: E402
+from pipesynth.formats.schedule_json import dumps, load_problem, loads, save_problem  # noqa: E402
+from pipesynth.plan.budget import plan_problem  # noqa: E402
+from pipesynth.runtime.executor import PipelineExecutor  # noqa: E402
 from pipesynth.runtime.launch import launch  # noqa: E402
+from pipesynth.runtime.p2p import TensorMeta  # noqa: E402
 from pipesynth.runtime.planner import plan_pipeline  # noqa: E402
 from pipesynth.runtime.profile import measure_comm, profile_stages  # noqa: E402
-from pipesynth.schedule_file import dumps, load_problem, loads, save_problem  # noqa: E402
-from pipesynth.units import PROFILED  # noqa: E402
 
 ROWS, WIDTH = 4, 8
 F32 = 4

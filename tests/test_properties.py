@@ -7,13 +7,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from orders import random_valid_order
 
-from pipesynth import schedule_file
+from pipesynth.construct import GENERATORS, generate, get_generator
+from pipesynth.core.problem import make_problem
+from pipesynth.core.simulate import from_order, simulate
+from pipesynth.core.validate import find_violations
 from pipesynth.errors import PipesynthError
-from pipesynth.generators import GENERATORS, generate, get_generator
-from pipesynth.problem import make_problem
-from pipesynth.schedule import from_order
-from pipesynth.simulate import simulate
-from pipesynth.validate import find_violations
+from pipesynth.formats import schedule_json
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 costs = st.integers(min_value=0, max_value=6) | st.sampled_from([0.5, 1.25, 2.5])
@@ -47,7 +46,7 @@ def test_generated_schedules_are_valid_bounded_and_round_trip(name, opts):
     assert find_violations(s) == []
     assert s.metrics.makespan >= s.problem.work_lower_bound() - 1e-9
     assert simulate(s).makespan == s.metrics.makespan
-    assert schedule_file.loads(schedule_file.dumps(s)) == s
+    assert schedule_json.loads(schedule_json.dumps(s)) == s
 
 
 @st.composite
@@ -75,4 +74,4 @@ def test_any_order_respecting_dependencies_is_valid_and_bounded(case):
     s = from_order(problem, order, "random")
     assert find_violations(s) == []
     assert s.metrics.makespan >= problem.work_lower_bound() - 1e-9
-    assert schedule_file.loads(schedule_file.dumps(s)) == s
+    assert schedule_json.loads(schedule_json.dumps(s)) == s

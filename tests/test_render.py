@@ -2,11 +2,11 @@
 
 import pytest
 
+from pipesynth.analysis.render import Bar, gantt_figure, gantt_text, schedule_bars
+from pipesynth.construct import generate
+from pipesynth.core.problem import make_problem
+from pipesynth.core.simulate import from_order
 from pipesynth.errors import PipesynthError
-from pipesynth.generators import generate
-from pipesynth.problem import make_problem
-from pipesynth.render import Bar, gantt_figure, gantt_text, schedule_bars
-from pipesynth.schedule import from_order
 
 
 def v_shape_one_microbatch():

@@ -19,12 +19,12 @@ from runtime_workers import (  # noqa: E402
     random_order,
 )
 
-from pipesynth.generators import GENERATORS, generate  # noqa: E402
-from pipesynth.problem import make_problem, parse_cap  # noqa: E402
+from pipesynth.construct import GENERATORS, generate  # noqa: E402
+from pipesynth.core.problem import make_problem, parse_cap  # noqa: E402
+from pipesynth.formats.schedule_json import dumps  # noqa: E402
 from pipesynth.runtime.launch import LaunchError, launch  # noqa: E402
-from pipesynth.runtime.plan import messages, rank_ops  # noqa: E402
+from pipesynth.runtime.p2p import messages, rank_ops  # noqa: E402
 from pipesynth.runtime.split import deferring, make_splittable  # noqa: E402
-from pipesynth.schedule_file import dumps  # noqa: E402
 
 TOL = 1e-10  # float64
 
@@ -159,7 +159,7 @@ def test_train_command_matches_the_unpipelined_reference(tmp_path):
     from typer.testing import CliRunner
 
     from pipesynth.cli import app
-    from pipesynth.schedule_file import save
+    from pipesynth.formats.schedule_json import save
 
     save(generate("v-half", 2, 4), tmp_path / "v-half.json")
     runner = CliRunner()
@@ -184,7 +184,7 @@ def test_train_command_rejects_a_rank_count_that_does_not_fit(tmp_path):
     from typer.testing import CliRunner
 
     from pipesynth.cli import app
-    from pipesynth.schedule_file import save
+    from pipesynth.formats.schedule_json import save
 
     save(generate("1f1b", 2, 2), tmp_path / "s.json")
     result = CliRunner().invoke(app, ["train", str(tmp_path / "s.json"), "--ranks", "3"])

@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 
 from runtime_workers import compare_with_reference, faulty_run  # noqa: E402
 
-from pipesynth.generators import GENERATORS, generate  # noqa: E402
+from pipesynth.construct import GENERATORS, generate  # noqa: E402
+from pipesynth.formats.schedule_json import dumps  # noqa: E402
 from pipesynth.runtime.launch import LaunchError, launch  # noqa: E402
-from pipesynth.schedule_file import dumps  # noqa: E402
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL, one per rank)")
 

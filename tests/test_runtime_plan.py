@@ -6,11 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from runtime_workers import random_order
 
+from pipesynth.construct import GENERATORS, generate
+from pipesynth.core.problem import make_problem
+from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
-from pipesynth.generators import GENERATORS, generate
-from pipesynth.problem import make_problem
-from pipesynth.runtime.plan import CommOp, messages, rank_ops
-from pipesynth.schedule import Schedule
+from pipesynth.runtime.p2p import CommOp, messages, rank_ops
 
 
 def run_protocol(schedule: Schedule, ops: list[list[CommOp]] | None = None) -> list[str]:

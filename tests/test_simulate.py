@@ -2,11 +2,11 @@
 
 import pytest
 
+from pipesynth.construct import generate
+from pipesynth.core.problem import make_problem
+from pipesynth.core.schedule import Action, Schedule
+from pipesynth.core.simulate import from_order, simulate
 from pipesynth.errors import InvalidScheduleError
-from pipesynth.generators import generate
-from pipesynth.problem import make_problem
-from pipesynth.schedule import Action, Schedule, from_order
-from pipesynth.simulate import simulate
 
 
 def test_comm_is_paid_only_between_devices():

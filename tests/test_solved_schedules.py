@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipesynth import schedule_file
-from pipesynth.simulate import simulate
+from pipesynth.core.simulate import simulate
+from pipesynth.formats import schedule_json
 from pipesynth.solver import makespan_lower_bound, smallest_feasible_cap
 
 HERE = Path(__file__).resolve().parents[1] / "schedules"
@@ -14,7 +14,7 @@ FILES = sorted(HERE.glob("solved-*.json"))
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_solved_file_records_a_sound_bound_and_fits_its_cap(path):
-    s = schedule_file.load(path)
+    s = schedule_json.load(path)
     sim = simulate(s)
     prov = s.provenance
     assert makespan_lower_bound(s.problem) <= prov["lower_bound"] + 1e-9

@@ -6,16 +6,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipesynth.blocks import Block, unroll
+from pipesynth.construct.blocks import Block, unroll
+from pipesynth.core.problem import make_problem
+from pipesynth.core.validate import find_violations
 from pipesynth.errors import InfeasibleError
-from pipesynth.problem import make_problem
 from pipesynth.solver import SolverParams, makespan_lower_bound, smallest_feasible_cap, solve
 from pipesynth.solver.block import search_block
 from pipesynth.solver.full import polish
 from pipesynth.solver.greedy import greedy_block, periodic_peak
 from pipesynth.solver.hints import handcrafted
 from pipesynth.solver.scaled import Scaled
-from pipesynth.validate import find_violations
 
 FAST = {"time_limit": 1.0, "workers": 1, "deterministic": True}
 

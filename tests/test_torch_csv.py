@@ -6,10 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipesynth.cli import app
+from pipesynth.construct import GENERATORS, generate
 from pipesynth.errors import InvalidScheduleError, ScheduleFormatError
-from pipesynth.generators import GENERATORS, generate
-from pipesynth.schedule_file import load, save
-from pipesynth.torch_csv import from_torch_csv, to_torch_csv
+from pipesynth.formats.schedule_json import load, save
+from pipesynth.formats.torch_csv import from_torch_csv, to_torch_csv
 
 CHUNKS = {"loop": 2}
 

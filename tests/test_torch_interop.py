@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from pipesynth.generators import GENERATORS, generate  # noqa: E402
+from pipesynth.construct import GENERATORS, generate  # noqa: E402
 
 RANKS = 2
 MICROBATCHES = 4
@@ -123,7 +123,7 @@ def test_torch_reads_and_lowers_every_exported_schedule(name):
     """torch's own parser, validator and send/recv lowering accept the CSV, and see our placement."""
     from torch.distributed.pipelining.schedules import _Action, _add_send_recv, _validate_schedule
 
-    from pipesynth.torch_csv import to_torch_csv
+    from pipesynth.formats.torch_csv import to_torch_csv
 
     chunks = 2 if GENERATORS[name].placement == "loop" else 1
     schedule = generate(name, 4, 8, chunks=chunks)

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 
+from pipesynth.core.problem import make_problem, parse_cap
+from pipesynth.core.simulate import simulate
+from pipesynth.core.units import PROFILED, format_bytes, parse_bytes
 from pipesynth.errors import InfeasibleError, PipesynthError, ScheduleFormatError
-from pipesynth.planning import plan_problem
-from pipesynth.problem import make_problem, parse_cap
-from pipesynth.schedule_file import load_problem, problem_from_dict, problem_to_dict, save_problem
-from pipesynth.simulate import simulate
-from pipesynth.units import PROFILED, format_bytes, parse_bytes
+from pipesynth.formats.schedule_json import load_problem, problem_from_dict, problem_to_dict, save_problem
+from pipesynth.plan.budget import plan_problem
 
 KIB = 1024
 

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipesynth.blocks import block_violations, memory_bound, steady_peak
+from pipesynth.construct import generate, problem_for
+from pipesynth.construct.blocks import block_violations, memory_bound, steady_peak
+from pipesynth.construct.slotgrid import slot_grid_order
+from pipesynth.construct.vshape import unit_block, v_block, v_slots
+from pipesynth.core.simulate import from_order
+from pipesynth.core.validate import find_violations
 from pipesynth.errors import PipesynthError
-from pipesynth.generators import generate, problem_for
-from pipesynth.generators.vshape import unit_block, v_block, v_slots
-from pipesynth.schedule import from_order
-from pipesynth.slotgrid import slot_grid_order
-from pipesynth.validate import find_violations
 
 ANCHORS = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/anchors/official_v_schedules.json").read_text())
 V_NAMES = ["v-min", "v-half", "v-zb", "zb-v"]

@@ -63,13 +63,13 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., A
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def run(*args: Any, **kw: Any) -> Any:
+        def guarded(*args: Any, **kw: Any) -> Any:
             try:
                 return fn(*args, **kw)
             except PipesynthError as err:
                 raise fail(str(err)) from None
 
-        return app.command(name, **kwargs)(run)
+        return app.command(name, **kwargs)(guarded)
 
     return wrap
 
@@ -78,11 +78,10 @@ def main() -> None:
     app(prog_name="pipesynth")
 
 
-# Importing the command modules registers their commands on `app`.
-from pipesynth.cli import files  # noqa: E402,F401,I001
-from pipesynth.cli import interop  # noqa: E402,F401
-from pipesynth.cli import schedules  # noqa: E402,F401
-from pipesynth.cli import train  # noqa: E402,F401
-from pipesynth.cli import blocks  # noqa: E402,F401
+# Importing the command modules registers their commands on `app` (in `--help` order).
+from pipesynth.cli import build  # noqa: E402,F401,I001
+from pipesynth.cli import check  # noqa: E402,F401
 from pipesynth.cli import solve  # noqa: E402,F401
-from pipesynth.cli import profile  # noqa: E402,F401
+from pipesynth.cli import interop  # noqa: E402,F401
+from pipesynth.cli import run  # noqa: E402,F401
+from pipesynth.cli import demo  # noqa: E402,F401

@@ -9,10 +9,11 @@ import typer
 
 from pipesynth.cli import command
 from pipesynth.cli.options import parse_cost, parse_numbers
+from pipesynth.core.validate import find_violations
 from pipesynth.errors import InvalidScheduleError
-from pipesynth.schedule_file import dumps, load, write_text_atomic
-from pipesynth.torch_csv import load_torch_csv, to_torch_csv
-from pipesynth.validate import find_violations
+from pipesynth.formats.files import write_text_atomic
+from pipesynth.formats.schedule_json import dumps, load
+from pipesynth.formats.torch_csv import load_torch_csv, to_torch_csv
 
 
 class ExportFormat(str, Enum):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pipesynth.core.problem import OPS, PerStage
 from pipesynth.errors import PipesynthError
-from pipesynth.problem import OPS, PerStage
 
 
 def parse_numbers(text: str, field: str) -> PerStage:

@@ -10,11 +10,11 @@ from typing import Annotated
 import typer
 
 from pipesynth.cli import command
+from pipesynth.cli.build import summary
 from pipesynth.cli.options import parse_cost, parse_numbers
-from pipesynth.cli.schedules import summary
+from pipesynth.core.problem import PLACEMENTS, Problem, make_problem, parse_cap
 from pipesynth.errors import InfeasibleError, PipesynthError
-from pipesynth.problem import PLACEMENTS, Problem, make_problem, parse_cap
-from pipesynth.schedule_file import dumps, load_problem, save
+from pipesynth.formats.schedule_json import dumps, load_problem, save
 from pipesynth.solver import ProgressEvent, SolveResult, SolverParams
 from pipesynth.solver import solve as run_solver
 

@@ -13,9 +13,9 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-from pipesynth.blocks import Block, lifespans
-from pipesynth.problem import Problem
-from pipesynth.schedule import Schedule
+from pipesynth.construct.blocks import Block, lifespans
+from pipesynth.core.problem import Problem
+from pipesynth.core.schedule import Schedule
 from pipesynth.solver.background import Background
 from pipesynth.solver.block import search_block
 from pipesynth.solver.bounds import check_cap, makespan_lower_bound, smallest_feasible_cap

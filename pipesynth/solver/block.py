@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from pipesynth.blocks import Block
-from pipesynth.problem import Op, Problem
-from pipesynth.schedule import from_order
-from pipesynth.simulate import simulate
+from pipesynth.construct.blocks import Block
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.simulate import from_order, simulate
 from pipesynth.solver.bounds import heads_and_tails, sequential_order
 from pipesynth.solver.greedy import first_greedy_block
 from pipesynth.solver.progress import Progress, SolverParams, report

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import cache
 
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.simulate import dependencies
+from pipesynth.core.units import format_bytes
 from pipesynth.errors import InfeasibleError
-from pipesynth.problem import Op, Problem
-from pipesynth.simulate import dependencies
-from pipesynth.units import format_bytes
 
 
 def _delay(problem: Problem, a: int, b: int) -> float:

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from pipesynth.problem import Op
-from pipesynth.schedule import Schedule, from_order
+from pipesynth.core.problem import Op
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import from_order
+from pipesynth.core.validate import find_violations
 from pipesynth.solver.block import heads_and_tails_scaled
 from pipesynth.solver.progress import Progress, SolverParams, report
 from pipesynth.solver.scaled import Scaled
-from pipesynth.validate import find_violations
 
 PassKey = tuple[Op, int, int]
 

@@ -9,7 +9,7 @@ afterwards; scanning T upward gives the first interval where it fits.
 
 from __future__ import annotations
 
-from pipesynth.problem import Op
+from pipesynth.core.problem import Op
 from pipesynth.solver.scaled import Scaled
 
 PassId = tuple[Op, int]

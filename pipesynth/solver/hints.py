@@ -8,13 +8,14 @@ run right after its B (same times, no more memory). The sequential schedule
 
 from __future__ import annotations
 
-from pipesynth.blocks import Block, repeated_order, unroll
-from pipesynth.generators import GENERATORS
-from pipesynth.problem import Problem, placement_for
-from pipesynth.schedule import Schedule, from_order
+from pipesynth.construct import GENERATORS
+from pipesynth.construct.blocks import Block, repeated_order, unroll
+from pipesynth.core.problem import Problem, placement_for
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import from_order
+from pipesynth.core.validate import find_violations
 from pipesynth.solver.background import Job
 from pipesynth.solver.bounds import sequential_order
-from pipesynth.validate import find_violations
 
 
 def sequential(problem: Problem) -> Schedule:

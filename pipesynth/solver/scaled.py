@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipesynth.problem import Op, Problem
+from pipesynth.core.problem import Op, Problem
 
 FACTORS = (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 200, 250, 500, 1000)
 

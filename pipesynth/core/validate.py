@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import networkx as nx
 
+from pipesynth.core.schedule import Action, Schedule
+from pipesynth.core.simulate import PassKey, dependencies, memory_levels, simulate
 from pipesynth.errors import InvalidScheduleError
-from pipesynth.schedule import Action, Schedule
-from pipesynth.simulate import PassKey, dependencies, memory_levels, simulate
 
 EPS = 1e-9
 

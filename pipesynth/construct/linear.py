@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pipesynth.generators import register
-from pipesynth.problem import Problem
-from pipesynth.schedule import Schedule, from_order
+from pipesynth.construct import register
+from pipesynth.core.problem import Problem
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import from_order
 
 
 @register("gpipe", "all forwards, then all backwards (Huang et al. 2019)", "linear", split_backward=False)

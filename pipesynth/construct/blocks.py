@@ -15,10 +15,10 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from pipesynth.problem import Op, Problem
-from pipesynth.reorder import Variant, chain_position, compact_order, greedy_portfolio, shortest
-from pipesynth.schedule import Action, Schedule
-from pipesynth.simulate import dependencies, memory_levels
+from pipesynth.construct.reorder import Variant, chain_position, compact_order, greedy_portfolio, shortest
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.schedule import Action, Schedule
+from pipesynth.core.simulate import dependencies, memory_levels
 
 EPS = 1e-9
 PassId = tuple[Op, int]  # (op, stage) of one microbatch
@@ -178,7 +178,7 @@ def unroll(
 ) -> Schedule:
     """Repeat the block for `microbatches` microbatches, squeeze, and reorder.
 
-    Candidates (pipesynth.reorder), the shortest wins: the plain repeated
+    Candidates (pipesynth.construct.reorder), the shortest wins: the plain repeated
     order, squeezed by list scheduling; the paper's reorder (`compact_order`)
     of the repeats of `slot_block` (the same pattern with its own costs, e.g.
     the paper's unit slots, reordered there and then timed with the real

@@ -14,9 +14,9 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.schedule import Action, Metrics, Schedule
 from pipesynth.errors import InvalidScheduleError
-from pipesynth.problem import Op, Problem
-from pipesynth.schedule import Action, Metrics, Schedule
 
 PassKey = tuple[Op, int, int]
 
@@ -161,3 +161,13 @@ def simulate(schedule: Schedule) -> Simulation:
         offset += len(dev)
     memory = [memory_levels(problem, dev) for dev in schedule.actions]
     return Simulation(schedule, starts, ends, memory)
+
+
+def from_order(problem: Problem, order: list[list[tuple[Op, int, int]]], name: str, **provenance: Any) -> Schedule:
+    """A schedule from per-device (op, stage, mb) lists, timed and measured.
+
+    Generators build their orders as plain tuples and finish with this, so
+    every generated schedule carries planned times, metrics and provenance.
+    """
+    plain = Schedule(problem, [[Action(op, s, j) for op, s, j in dev] for dev in order], name=name)
+    return simulate(plain).timed_schedule(provenance={"method": name, **provenance})

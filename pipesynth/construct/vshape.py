@@ -19,14 +19,15 @@ import itertools
 import math
 from dataclasses import replace
 
-from pipesynth.blocks import Block, block_violations, live_copies, repeated_order, steady_peak, unroll
+from pipesynth.construct import register
+from pipesynth.construct.blocks import Block, block_violations, live_copies, repeated_order, steady_peak, unroll
+from pipesynth.construct.reorder import Variant, chain_position, greedy_portfolio, shortest
+from pipesynth.construct.slotgrid import slot_grid_order
+from pipesynth.construct.zbv import zbv_orders
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import from_order
 from pipesynth.errors import PipesynthError
-from pipesynth.generators import register
-from pipesynth.problem import Op, Problem
-from pipesynth.reorder import Variant, chain_position, greedy_portfolio, shortest
-from pipesynth.schedule import Schedule, from_order
-from pipesynth.slotgrid import slot_grid_order
-from pipesynth.zbv import zbv_orders
 
 SLOTS = 6  # passes per device per microbatch: F, B, W of two chunks
 
@@ -158,7 +159,7 @@ def unroll_v(problem: Problem, name: str) -> Schedule:
     """Build, repeat, squeeze and reorder the named block for the problem.
 
     Besides `unroll`'s own candidates, the official implementation's plan of
-    the slot pattern (pipesynth.slotgrid) competes.
+    the slot pattern (pipesynth.construct.slotgrid) competes.
     """
     slots = v_slots(problem, name)
     block = steady_block(problem, slots)
@@ -192,7 +193,7 @@ def v_zb(problem: Problem) -> Schedule:
 
 @register("zb-v", "Zero Bubble's V schedule: rounds heuristic or capped greedy, 1F1B's memory by default", "v")
 def zb_v(problem: Problem) -> Schedule:
-    """No block: the Zero Bubble paper's round-by-round heuristic (pipesynth.zbv) and our
+    """No block: the Zero Bubble paper's round-by-round heuristic (pipesynth.construct.zbv) and our
     memory-capped greedy list schedules, under `problem.cap` (default 2D chunk units); the shortest wins.
     """
     d = check_v(problem, "zb-v")

@@ -19,9 +19,10 @@ Both split the backward into B (input gradient, on the critical path) and W
 
 from __future__ import annotations
 
-from pipesynth.generators import register
-from pipesynth.problem import Op, Problem
-from pipesynth.schedule import Schedule, from_order
+from pipesynth.construct import register
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import from_order
 
 Order = list[list[tuple[Op, int, int]]]
 

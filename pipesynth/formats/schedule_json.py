@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from pipesynth.core.problem import OPS, Problem, per_stage
+from pipesynth.core.schedule import Action, Metrics, Schedule
+from pipesynth.core.units import Units
 from pipesynth.errors import PipesynthError, ScheduleFormatError
-from pipesynth.problem import OPS, Problem, per_stage
-from pipesynth.schedule import Action, Metrics, Schedule
-from pipesynth.units import Units
+from pipesynth.formats.files import read_text, write_text_atomic
 
 FORMAT = "pipesynth.schedule/1"
 
@@ -265,39 +264,18 @@ def loads(text: str, source: str = "schedule") -> Schedule:
 
 
 def load(path: str | os.PathLike[str]) -> Schedule:
-    return loads(_read(path), source=str(path))
+    return loads(read_text(path), source=str(path))
 
 
 def load_problem(path: str | os.PathLike[str]) -> Problem:
     """A problem file: the `problem` object alone, or a whole schedule file."""
     try:
-        data = json.loads(_read(path))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ScheduleFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if isinstance(data, dict) and "format" in data:
         return schedule_from_dict(data).problem
     return problem_from_dict(data, path="")
-
-
-def _read(path: str | os.PathLike[str]) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as err:
-        raise PipesynthError(f"{path}: cannot read ({err.strerror})") from None
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write via a temporary file in the same folder, then rename over the target."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(schedule: Schedule, path: str | os.PathLike[str]) -> None:

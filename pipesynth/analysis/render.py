@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
-from pipesynth.schedule import Schedule
 
 #: Box colors per pass, one shade per chunk (darker for later chunks), as in
 #: the Zero Bubble and V-shape papers' figures: F blue, B teal/green, W purple.
@@ -52,7 +52,7 @@ def schedule_bars(schedule: Schedule) -> list[list[Bar]]:
     Uses the schedule's planned times, or simulates it when any are missing.
     """
     if any(a.start is None or a.end is None for a in schedule.all_actions()):
-        from pipesynth.simulate import simulate
+        from pipesynth.core.simulate import simulate
 
         schedule = simulate(schedule).timed_schedule()
     problem = schedule.problem

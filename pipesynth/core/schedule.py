@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipesynth.problem import Op, Problem
+from pipesynth.core.problem import Op, Problem
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,3 @@ class Schedule:
     @property
     def num_actions(self) -> int:
         return sum(len(device_actions) for device_actions in self.actions)
-
-
-def from_order(problem: Problem, order: list[list[tuple[Op, int, int]]], name: str, **provenance: Any) -> Schedule:
-    """A schedule from per-device (op, stage, mb) lists, timed and measured.
-
-    Generators build their orders as plain tuples and finish with this, so
-    every generated schedule carries planned times, metrics and provenance.
-    """
-    from pipesynth.simulate import simulate  # local: simulate imports this module
-
-    plain = Schedule(problem, [[Action(op, s, j) for op, s, j in dev] for dev in order], name=name)
-    return simulate(plain).timed_schedule(provenance={"method": name, **provenance})

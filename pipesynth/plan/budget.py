@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from pipesynth.problem import Number, Problem, parse_cap
-from pipesynth.schedule import Schedule
+from pipesynth.core.problem import Number, Problem, parse_cap
+from pipesynth.core.schedule import Schedule
 from pipesynth.solver import solve
 from pipesynth.solver.bounds import check_cap
 from pipesynth.solver.hints import handcrafted

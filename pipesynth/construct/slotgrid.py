@@ -1,7 +1,7 @@
 """The paper's reorder of a V block, planned on its slot grid and timed with the real costs after.
 
 The official V-Min / V-Half (sail-sg/zero-bubble-pipeline-parallelism,
-"Pipeline Parallelism with Controllable Memory") plan the whole schedule on
+"Pipeline Parallelism with Controllable Memory") lay out the whole schedule on
 the block's grid of unit slots, every pass one slot and no comm, and only
 the final per-device order meets the real costs and comm. On that grid:
 
@@ -16,9 +16,9 @@ the final per-device order meets the real costs and comm. On that grid:
    now per chunk (chunk 1's first when both wait), in the first idle
    slots after their backwards.
 
-A plan with comm-free unit slots can lose to our comm-aware reorders or
+A layout with comm-free unit slots can lose to our comm-aware reorders or
 beat them (it keeps the stable phase's rhythm exactly), so it is one
-candidate of `pipesynth.blocks.unroll`.
+candidate of `pipesynth.construct.blocks.unroll`.
 
 On device i a pass is one of the paper's kinds: F / f the forward of chunk
 0 (stage i) / chunk 1 (stage 2D-1-i), B / b the backward of chunk 1 /
@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import replace
 
-from pipesynth.problem import Op, Problem
-from pipesynth.schedule import from_order
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.simulate import from_order
 
-Plan = dict[str, list[int]]  # one device: kind -> slot of each microbatch's pass, in microbatch order
+SlotTable = dict[str, list[int]]  # one device: kind -> slot of each microbatch's pass, in microbatch order
 PassKey = tuple[Op, int, int]
 
 BLOCK_KINDS = "FfBb"
@@ -55,11 +55,11 @@ def stage_of(problem: Problem, device: int, letter: str) -> int:
     return device if letter in "Fbw" else 2 * problem.devices - 1 - device
 
 
-def put_weights(plan: Plan, split: bool) -> Plan:
+def put_weights(table: SlotTable, split: bool) -> SlotTable:
     """Weight passes in the first idle slots after their backwards (split: per chunk, W before w)."""
-    taken = {t: k for k, slots in plan.items() for t in slots}
+    taken = {t: k for k, slots in table.items() for t in slots}
     owed = {"W": 0, "w": 0}
-    out: Plan = {k: list(v) for k, v in plan.items()} | {"W": []} | ({"w": []} if split else {})
+    out: SlotTable = {k: list(v) for k, v in table.items()} | {"W": []} | ({"w": []} if split else {})
     t, end = 0, max(taken)
     while t <= end or owed["W"] or owed["w"]:
         k = taken.get(t)
@@ -74,10 +74,10 @@ def put_weights(plan: Plan, split: bool) -> Plan:
     return out
 
 
-def peak(plan: Plan) -> int:
-    """Most microbatches alive on the device; without weight passes in the plan, each idle slot runs one if owed."""
-    taken = {t: k for k, slots in plan.items() for t in slots}
-    implicit = "W" not in plan
+def peak(table: SlotTable) -> int:
+    """Most microbatches alive on the device; without weight passes in the table, each idle slot runs one if owed."""
+    taken = {t: k for k, slots in table.items() for t in slots}
+    implicit = "W" not in table
     level = top = owed = 0
     for t in range(max(taken) + 1):
         k = taken.get(t)
@@ -90,35 +90,35 @@ def peak(plan: Plan) -> int:
     return top
 
 
-def input_slot(plans: list[Plan], device: int, k: str, j: int) -> int:
+def input_slot(tables: list[SlotTable], device: int, k: str, j: int) -> int:
     """The latest slot among the inputs of the j-th pass of kind k on the device (-1: none)."""
-    d = len(plans)
+    d = len(tables)
     deps = []
     if k in "FB" and device > 0:
-        deps.append(plans[device - 1][k][j])
+        deps.append(tables[device - 1][k][j])
     if k in "fb" and device + 1 < d:
-        deps.append(plans[device + 1][k][j])
+        deps.append(tables[device + 1][k][j])
     if k in "fBb":  # the device's previous kind along the microbatch's chain
-        deps.append(plans[device][BLOCK_KINDS[BLOCK_KINDS.index(k) - 1]][j])
+        deps.append(tables[device][BLOCK_KINDS[BLOCK_KINDS.index(k) - 1]][j])
     if k == "W":
-        deps.append(sorted(plans[device]["B"] + plans[device]["b"])[j])
+        deps.append(sorted(tables[device]["B"] + tables[device]["b"])[j])
     if j > 0:
-        deps.append(plans[device][k][j - 1])
+        deps.append(tables[device][k][j - 1])
     return max(deps, default=-1)
 
 
-def compact(unit: Problem, plans: list[Plan], warm_up: bool) -> list[Plan]:
+def compact(unit: Problem, tables: list[SlotTable], warm_up: bool) -> list[SlotTable]:
     """Steps 2 and 3 of the module doc: move cool-down (and, if `warm_up`, warm-up) passes earlier, then squeeze.
 
-    Passes are visited in slot order; the stable phase never moves. Plans
+    Passes are visited in slot order; the stable phase never moves. Tables
     without weight passes get them back (one kind) before the squeeze.
     """
-    m = len(plans[0]["F"])
-    top = max(peak(p) for p in plans)
-    plans = [{k: list(v) for k, v in p.items()} for p in plans]
-    kinds = [k for k in (*BLOCK_KINDS, "W") if k in plans[0]]
-    visits = sorted((t, d, kinds.index(k), j) for d, p in enumerate(plans) for k in kinds for j, t in enumerate(p[k]))
-    occupied: list[set[int]] = [set() for _ in plans]
+    m = len(tables[0]["F"])
+    top = max(peak(p) for p in tables)
+    tables = [{k: list(v) for k, v in p.items()} for p in tables]
+    kinds = [k for k in (*BLOCK_KINDS, "W") if k in tables[0]]
+    visits = sorted((t, d, kinds.index(k), j) for d, p in enumerate(tables) for k in kinds for j, t in enumerate(p[k]))
+    occupied: list[set[int]] = [set() for _ in tables]
     phase = 0  # 0 warm-up, 1 stable, 2 cool-down
     for t, d, ki, j in visits:
         k = kinds[ki]
@@ -128,27 +128,27 @@ def compact(unit: Problem, plans: list[Plan], warm_up: bool) -> list[Plan]:
             phase += phase == 1 and k == "F" and j == m - 1
             occupied[d].add(t)
             continue
-        for s in range(input_slot(plans, d, k, j) + 1, t):
+        for s in range(input_slot(tables, d, k, j) + 1, t):
             if s in occupied[d]:
                 continue
-            plans[d][k][j] = s
-            if (k in "BbW" and "W" in plans[d]) or peak(plans[d]) <= top:
-                break  # with weight passes in the plan only a forward can raise memory
+            tables[d][k][j] = s
+            if (k in "BbW" and "W" in tables[d]) or peak(tables[d]) <= top:
+                break  # with weight passes in the table only a forward can raise memory
         else:
-            plans[d][k][j] = t
-        occupied[d].add(plans[d][k][j])
-    return squeeze(unit, plans if "W" in plans[0] else [put_weights(p, split=False) for p in plans])
+            tables[d][k][j] = t
+        occupied[d].add(tables[d][k][j])
+    return squeeze(unit, tables if "W" in tables[0] else [put_weights(p, split=False) for p in tables])
 
 
-def plan_order(unit: Problem, plans: list[Plan]) -> list[list[PassKey]]:
-    """Per-device orders of the plans; a lone W runs the oldest backward's weight pass."""
+def table_order(unit: Problem, tables: list[SlotTable]) -> list[list[PassKey]]:
+    """Per-device orders of the tables; a lone W runs the oldest backward's weight pass."""
     order = []
-    for d, plan in enumerate(plans):
-        seq = sorted((t, k, j) for k, slots in plan.items() for j, t in enumerate(slots))
+    for d, table in enumerate(tables):
+        seq = sorted((t, k, j) for k, slots in table.items() for j, t in enumerate(slots))
         pending: deque[PassKey] = deque()
         dev: list[PassKey] = []
         for _t, k, j in seq:
-            if k == "W" and "w" not in plan:
+            if k == "W" and "w" not in table:
                 dev.append(pending.popleft())
                 continue
             op, s = k.upper(), stage_of(unit, d, k)
@@ -159,30 +159,30 @@ def plan_order(unit: Problem, plans: list[Plan]) -> list[list[PassKey]]:
     return order
 
 
-def squeeze(unit: Problem, plans: list[Plan]) -> list[Plan]:
+def squeeze(unit: Problem, tables: list[SlotTable]) -> list[SlotTable]:
     """Every pass as early as its device's order and inputs allow on the unit grid."""
-    split = "w" in plans[0]
-    timed = from_order(unit, plan_order(unit, plans), "squeeze")
-    out: list[Plan] = []
+    split = "w" in tables[0]
+    timed = from_order(unit, table_order(unit, tables), "squeeze")
+    out: list[SlotTable] = []
     for d, dev in enumerate(timed.actions):
-        plan: Plan = {k: [] for k in plans[d]}
+        table: SlotTable = {k: [] for k in tables[d]}
         for a in dev:
-            plan[kind(unit, a.op, a.stage, split)].append(int(round(a.start)))
-        out.append(plan)
+            table[kind(unit, a.op, a.stage, split)].append(int(round(a.start)))
+        out.append(table)
     return out
 
 
 def slot_grid_order(unit: Problem, offsets: dict[tuple[Op, int], float], microbatches: int) -> list[list[PassKey]]:
-    """The official plan of the block with these slots (period 6) for `microbatches` microbatches.
+    """The official table of the block with these slots (period 6) for `microbatches` microbatches.
 
     `unit` is the block's problem with one-slot passes and no comm.
     """
     unit = replace(unit, microbatches=microbatches)
-    plans: list[Plan] = [{} for _ in range(unit.devices)]
+    tables: list[SlotTable] = [{} for _ in range(unit.devices)]
     for (op, s), start in offsets.items():
         k = kind(unit, op, s)
         if k in BLOCK_KINDS:
-            plans[unit.placement[s]][k] = [int(start) + PERIOD * j for j in range(microbatches)]
-    plans = compact(unit, [put_weights(p, split=False) for p in plans], warm_up=True)
-    plans = compact(unit, [{k: p[k] for k in BLOCK_KINDS} for p in plans], warm_up=False)
-    return plan_order(unit, [put_weights({k: p[k] for k in BLOCK_KINDS}, split=True) for p in plans])
+            tables[unit.placement[s]][k] = [int(start) + PERIOD * j for j in range(microbatches)]
+    tables = compact(unit, [put_weights(p, split=False) for p in tables], warm_up=True)
+    tables = compact(unit, [{k: p[k] for k in BLOCK_KINDS} for p in tables], warm_up=False)
+    return table_order(unit, [put_weights({k: p[k] for k in BLOCK_KINDS}, split=True) for p in tables])

@@ -16,10 +16,11 @@ instead of writing a broken schedule. m <= D is one group and always runs.
 
 from __future__ import annotations
 
+from pipesynth.construct import register
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import from_order
 from pipesynth.errors import InvalidScheduleError, PipesynthError
-from pipesynth.generators import register
-from pipesynth.problem import Op, Problem
-from pipesynth.schedule import Schedule, from_order
 
 
 def chunk_table(devices: int, microbatches: int, chunks: int) -> list[tuple[int, int]]:

@@ -22,10 +22,10 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import dependencies, from_order, memory_delta
 from pipesynth.errors import InfeasibleError
-from pipesynth.problem import Op, Problem
-from pipesynth.schedule import Schedule, from_order
-from pipesynth.simulate import dependencies, memory_delta
 
 EPS = 1e-9
 PassKey = tuple[Op, int, int]

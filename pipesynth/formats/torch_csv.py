@@ -18,11 +18,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipesynth.core.problem import Op, PerStage, make_problem
+from pipesynth.core.schedule import Action, Schedule
+from pipesynth.core.simulate import from_order
+from pipesynth.core.validate import find_violations
 from pipesynth.errors import InvalidScheduleError, PipesynthError, ScheduleFormatError
-from pipesynth.problem import Op, PerStage, make_problem
-from pipesynth.schedule import Action, Schedule, from_order
-from pipesynth.schedule_file import _read
-from pipesynth.validate import find_violations
+from pipesynth.formats.files import read_text
 
 CELL = re.compile(r"(\d+)([A-Z_]+?)(\d*)")
 COMM_OPS = ("UNSHARD", "RESHARD", "REDUCE_GRAD", "SEND_F", "RECV_F", "SEND_B", "RECV_B", "OVERLAP_F_B")
@@ -135,7 +136,7 @@ def from_torch_csv(
 def load_torch_csv(path: str | os.PathLike[str], **options: Any) -> Schedule:
     """`from_torch_csv` on a file; options as there (the name defaults to the file's stem)."""
     options.setdefault("name", Path(path).stem)
-    return from_torch_csv(_read(path), source=str(path), **options)
+    return from_torch_csv(read_text(path), source=str(path), **options)
 
 
 def _cell_names(message: str, cells: list[list[int]]) -> str:

@@ -1,4 +1,4 @@
-"""Commands about building blocks and the memory/bubble trade-off: block, pareto."""
+"""Commands that make schedules and compare them: schedule, list, block, pareto."""
 
 from __future__ import annotations
 
@@ -8,13 +8,74 @@ from typing import Annotated
 
 import typer
 
-from pipesynth.blocks import Block, lifespans, memory_bound
+from pipesynth.analysis.pareto import mark_frontier, pareto_figure, pareto_points, pareto_table
+from pipesynth.analysis.render import Bar, gantt_figure, gantt_text
 from pipesynth.cli import command
-from pipesynth.cli.options import parse_cost
-from pipesynth.generators import problem_for
-from pipesynth.generators.vshape import BLOCKS, v_block
-from pipesynth.pareto import mark_frontier, pareto_figure, pareto_points, pareto_table
-from pipesynth.render import Bar, gantt_figure, gantt_text
+from pipesynth.cli.check import summary
+from pipesynth.cli.options import parse_cap_option, parse_cost, parse_numbers
+from pipesynth.construct import GENERATORS, generate, problem_for
+from pipesynth.construct.blocks import Block, lifespans, memory_bound
+from pipesynth.construct.vshape import BLOCKS, v_block
+from pipesynth.core.validate import find_violations
+from pipesynth.errors import PipesynthError
+from pipesynth.formats.schedule_json import dumps, save
+
+
+@command()
+def schedule(
+    name: Annotated[str, typer.Argument(help="Generator name (see `pipesynth list`).", show_default=False)],
+    devices: Annotated[int, typer.Option("--devices", "-d", help="Number of devices (pipeline ranks).", min=1)],
+    microbatches: Annotated[int, typer.Option("--microbatches", "-m", help="Microbatches per iteration.", min=1)],
+    chunks: Annotated[int, typer.Option("--chunks", "-v", help="Stages per device (loop placement).", min=1)] = 2,
+    cost: Annotated[str, typer.Option("--cost", "-c", help="Pass costs, e.g. F=3,B=4,W=2 (per stage F=1:1:2).")] = "",
+    comm: Annotated[float, typer.Option("--comm", help="Latency of a send between devices.", min=0)] = 0.0,
+    activation: Annotated[
+        str, typer.Option("--activation", help="Activation per microbatch of each stage (per stage 1:1:2).")
+    ] = "1",
+    kept_for_w: Annotated[
+        str | None, typer.Option("--kept-for-w", help="Part of the activation that W still needs (default: all).")
+    ] = None,
+    cap: Annotated[
+        str | None, typer.Option("--cap", help="Memory cap per device: 6, 6:6:4:4, or 0.5x of 1F1B's peak.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here, not stdout.")] = None,
+) -> None:
+    """Generate a schedule with a named generator and write it as JSON.
+
+    Example: pipesynth schedule zb-h1 -d 4 -m 8 --cost F=3,B=4,W=2 -o zb-h1.json
+    """
+    result = generate(
+        name,
+        devices,
+        microbatches,
+        chunks=chunks,
+        cost=parse_cost(cost),
+        comm=comm,
+        activation=parse_numbers(activation, "--activation"),
+        kept_for_w=None if kept_for_w is None else parse_numbers(kept_for_w, "--kept-for-w"),
+        cap=parse_cap_option(cap),
+    )
+    violations = find_violations(result)
+    if violations:
+        raise PipesynthError(f"{name} cannot meet this problem: {violations[0]}")
+    if output is None:
+        typer.echo(dumps(result), nl=False)
+    else:
+        save(result, output)
+    typer.echo(summary(result) + ("" if output is None else f" -> {output}"), err=True)
+
+
+@command("list")
+def list_generators() -> None:
+    """List the schedule generators with their placement and backward mode.
+
+    Example: pipesynth list
+    """
+    width = max(len(name) for name in GENERATORS)
+    typer.echo(f"{'name'.ljust(width)}  placement  backward  summary")
+    for gen in GENERATORS.values():
+        backward = "split" if gen.split_backward else "fused"
+        typer.echo(f"{gen.name.ljust(width)}  {gen.placement.ljust(9)}  {backward.ljust(8)}  {gen.summary}")
 
 
 def block_bars(block: Block) -> list[list[Bar]]:
@@ -81,7 +142,7 @@ def pareto(
     """
     points, skipped = pareto_points(devices, microbatches, parse_cost(cost), comm)
     if solve:
-        from pipesynth.solver.pareto import solver_points  # OR-Tools only when asked
+        from pipesynth.analysis.pareto import solver_points  # OR-Tools only when asked
 
         solved, notes = solver_points(devices, microbatches, parse_cost(cost), comm, time_limit=solve_time)
         points, skipped = mark_frontier(points + solved), skipped + notes

@@ -21,8 +21,11 @@ import heapq
 from dataclasses import dataclass
 from typing import Literal
 
-from pipesynth.schedule import Schedule
-from pipesynth.simulate import PassKey, dependencies, simulate
+import torch
+
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import PassKey, dependencies, simulate
+from pipesynth.runtime.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -112,3 +115,31 @@ def rank_ops(msgs: list[Message], rank: int) -> list[CommOp]:
         elif msg.dst == rank:
             ops.append(CommOp("recv", msg))
     return ops
+
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool)
+MAX_DIMS = 8
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Shape and dtype of a tensor that crosses a stage boundary."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def encode(self, device: torch.device) -> torch.Tensor:
+        if len(self.shape) > MAX_DIMS or self.dtype not in DTYPES:
+            raise PipelineError(f"cannot send a {self.dtype} tensor of shape {self.shape} between stages")
+        dims = list(self.shape) + [0] * (MAX_DIMS - len(self.shape))
+        return torch.tensor([DTYPES.index(self.dtype), len(self.shape), *dims], dtype=torch.int64, device=device)
+
+    @staticmethod
+    def buffer(device: torch.device) -> torch.Tensor:
+        """An empty tensor to receive an encoded TensorMeta into."""
+        return torch.empty(2 + MAX_DIMS, dtype=torch.int64, device=device)
+
+    @staticmethod
+    def decode(t: torch.Tensor) -> TensorMeta:
+        values = t.tolist()
+        return TensorMeta(tuple(values[2 : 2 + values[1]]), DTYPES[values[0]])

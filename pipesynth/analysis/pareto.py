@@ -9,14 +9,14 @@ units of one microbatch's activation of a whole device, and relative to
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipesynth.errors import PipesynthError
-from pipesynth.generators import GENERATORS, generate, problem_for
-from pipesynth.problem import PerStage, one_f_one_b_peak
-from pipesynth.schedule import Schedule
+from pipesynth.construct import GENERATORS, get_generator, problem_for
+from pipesynth.core.problem import PerStage, Problem, one_f_one_b_peak, parse_cap
+from pipesynth.core.schedule import Schedule
+from pipesynth.errors import InfeasibleError, PipesynthError
 
 EPS = 1e-9
 
@@ -52,6 +52,21 @@ def point_of(schedule: Schedule, name: str | None = None) -> ParetoPoint:
     )
 
 
+def same_model_problem(
+    name: str,
+    devices: int,
+    microbatches: int,
+    cost: dict[str, float] | None = None,
+    comm: float = 0.0,
+    chunks: int = 2,
+) -> Problem:
+    """Generator `name`'s problem on the model whose device share costs `cost` (see module doc)."""
+    cost = {"F": 1.0, "B": 1.0, "W": 1.0, **(cost or {})}
+    k = problem_for(name, devices, microbatches, chunks=chunks).stages / devices
+    per_stage: dict[str, PerStage] = {op: c / k for op, c in cost.items()}
+    return problem_for(name, devices, microbatches, chunks=chunks, cost=per_stage, comm=comm, activation=1 / k)
+
+
 def same_model_schedule(
     name: str,
     devices: int,
@@ -61,10 +76,7 @@ def same_model_schedule(
     chunks: int = 2,
 ) -> Schedule:
     """Run generator `name` on the model whose device share costs `cost` (see module doc)."""
-    cost = {"F": 1.0, "B": 1.0, "W": 1.0, **(cost or {})}
-    k = problem_for(name, devices, microbatches, chunks=chunks).stages / devices
-    per_stage: dict[str, PerStage] = {op: c / k for op, c in cost.items()}
-    return generate(name, devices, microbatches, chunks=chunks, cost=per_stage, comm=comm, activation=1 / k)
+    return get_generator(name).build(same_model_problem(name, devices, microbatches, cost, comm, chunks))
 
 
 def pareto_points(
@@ -119,6 +131,36 @@ def pareto_table(points: list[ParetoPoint]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+#: Relative caps of `pipesynth pareto --solve`.
+SOLVER_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.75, 1.0)
+
+
+def solver_points(
+    devices: int,
+    microbatches: int,
+    cost: dict[str, float] | None = None,
+    comm: float = 0.0,
+    caps: Sequence[float] = SOLVER_SWEEP,
+    time_limit: float = 10.0,
+    workers: int = 2,
+) -> tuple[list[ParetoPoint], list[str]]:
+    """The solver's best schedule at each relative cap (`solve@0.5x`) on the V-shape model of the
+    handcrafted points, and a note for each cap below the smallest feasible."""
+    from pipesynth.solver import solve  # OR-Tools only when asked
+
+    problem = same_model_problem("v-half", devices, microbatches, cost, comm)
+    points, skipped = [], []
+    for factor in caps:
+        capped = problem.with_cap(parse_cap(f"{factor}x", problem))
+        try:
+            result = solve(capped, time_limit=time_limit, workers=workers)
+        except InfeasibleError as err:
+            skipped.append(f"solve@{factor:g}x: {err}")
+            continue
+        points.append(point_of(result.schedule, name=f"solve@{factor:g}x"))
+    return points, skipped
 
 
 def pareto_figure(points: list[ParetoPoint], path: str | Path, title: str = "") -> Path:

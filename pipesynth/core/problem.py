@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from pipesynth.core.units import Units, parse_bytes
 from pipesynth.errors import PipesynthError
-from pipesynth.units import Units, parse_bytes
 
 Op = Literal["F", "B", "W"]
 OPS: tuple[Op, ...] = ("F", "B", "W")
@@ -29,7 +29,7 @@ class Problem:
     `cost_b` is the input-gradient pass when `split_backward` is true and the
     whole backward otherwise (then `cost_w` is all zeros and no W pass exists).
     `cap` is a per-device memory cap, or None for no cap. `units` says what
-    the numbers mean when they are measured (see pipesynth.units); None for
+    the numbers mean when they are measured (see pipesynth.core.units); None for
     the abstract units of the generators.
     """
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from pipesynth.problem import Op, Problem
-from pipesynth.simulate import dependencies, memory_delta
+from pipesynth.core.problem import Op, Problem
+from pipesynth.core.simulate import dependencies, memory_delta
 
 EPS = 1e-9
 PassKey = tuple[Op, int, int]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pipesynth.core.problem import Number, PerStage, Problem, make_problem, parse_cap
+from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
-from pipesynth.problem import Number, PerStage, Problem, make_problem, parse_cap
-from pipesynth.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def generate(name: str, devices: int, microbatches: int, **options) -> Schedule:
 
 
 # Importing the modules registers their generators.
-from pipesynth.generators import linear  # noqa: E402,F401,I001  (first: gpipe and 1f1b lead `pipesynth list`)
-from pipesynth.generators import interleaved  # noqa: E402,F401
-from pipesynth.generators import zero_bubble  # noqa: E402,F401
-from pipesynth.generators import vshape  # noqa: E402,F401
+from pipesynth.construct import linear  # noqa: E402,F401,I001  (first: gpipe and 1f1b lead `pipesynth list`)
+from pipesynth.construct import interleaved  # noqa: E402,F401
+from pipesynth.construct import zero_bubble  # noqa: E402,F401
+from pipesynth.construct import vshape  # noqa: E402,F401

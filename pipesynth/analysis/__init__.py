@@ -1,0 +1,1 @@
+"""Looking at schedules: the memory/bubble frontier (pareto) and pictures (render)."""

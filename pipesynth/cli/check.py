@@ -1,0 +1,96 @@
+"""Commands that read a schedule file: validate, simulate, show."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipesynth.analysis.render import gantt_figure, gantt_text, natural_width, schedule_bars
+from pipesynth.cli import command
+from pipesynth.core.schedule import Schedule
+from pipesynth.core.simulate import simulate as run_simulation
+from pipesynth.core.validate import find_violations
+from pipesynth.errors import InvalidScheduleError
+from pipesynth.formats.schedule_json import load
+
+FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file.", show_default=False)
+
+
+def summary(schedule: Schedule) -> str:
+    """One line: what the schedule is and its figures."""
+    p, m = schedule.problem, schedule.metrics
+    figures = "" if m is None else f": makespan {m.makespan:g}, bubble rate {m.bubble_rate:.4f}, peak memory "
+    peaks = "" if m is None else "/".join(f"{x:g}" for x in m.peak_memory)
+    return f"{schedule.name or 'schedule'} on {p.devices} devices, {p.microbatches} microbatches{figures}{peaks}"
+
+
+@command()
+def validate(file: Path = FILE) -> None:
+    """Check a schedule against every rule; list what is wrong, exit 2 if anything is.
+
+    Example: pipesynth validate schedules/v-half-d4-m8.json
+    """
+    schedule = load(file)
+    violations = find_violations(schedule)
+    if violations:
+        for v in violations:
+            typer.echo(f"error: {v}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{file}: valid ({schedule.num_actions} actions on {schedule.problem.devices} devices)")
+
+
+@command()
+def simulate(
+    file: Path = FILE,
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Time a schedule with list scheduling and print makespan, bubble rate, peak memory.
+
+    Example: pipesynth simulate schedules/v-half-d4-m8.json --json
+    """
+    schedule = load(file)
+    violations = find_violations(schedule)
+    if violations:
+        raise InvalidScheduleError(violations)
+    sim = run_simulation(schedule)
+    figures = {
+        "makespan": sim.makespan,
+        "bubble_rate": round(sim.bubble_rate, 6),
+        "peak_memory": list(sim.peak_memory),
+        "busy": sim.busy,
+    }
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    typer.echo(f"{schedule.name or file}: makespan {sim.makespan:g}, bubble rate {sim.bubble_rate:.4f}")
+    for d, (peak, busy) in enumerate(zip(sim.peak_memory, sim.busy)):
+        typer.echo(f"  device {d}: busy {busy:g}, peak memory {peak:g}")
+
+
+@command()
+def show(
+    file: Annotated[Path, typer.Argument(help="A pipesynth.schedule/1 JSON file.", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also draw the chart to this .png or .svg.")] = None,
+    width: Annotated[int | None, typer.Option("--width", "-w", help="Columns of the time axis.", min=1)] = None,
+    color: Annotated[
+        bool | None, typer.Option("--color/--no-color", help="ANSI colors (default: on a terminal).")
+    ] = None,
+) -> None:
+    """Draw a schedule as a Gantt chart in the terminal, and as an image with --out.
+
+    Example: pipesynth show zb-h1.json --out zb-h1.png
+    """
+    sched = load(file)
+    rows = schedule_bars(sched)
+    if width is None:
+        width = min(natural_width(rows), max(20, shutil.get_terminal_size().columns - 10))
+    typer.echo(summary(sched))
+    typer.echo(gantt_text(rows, width=width, color=sys.stdout.isatty() if color is None else color))
+    if out is not None:
+        path = gantt_figure(rows, out, title=summary(sched))
+        typer.echo(f"chart written to {path}")

@@ -1,0 +1,1 @@
+"""Planning a training job: the fastest schedule that fits a memory budget."""
