@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from benchmarks.harness import DelayConfig, build_schedule, delay_batch, parse_arguments, write_results
-from pipesynth.core.simulate import dependencies
+from pipesynth.core.rules import dependencies
 from pipesynth.runtime.delay import delay_loss, delay_stages
 from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.runtime.launch import launch

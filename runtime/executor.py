@@ -39,8 +39,8 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 
+from pipesynth.core.rules import PassKey, memory_change
 from pipesynth.core.schedule import Action, Schedule
-from pipesynth.core.simulate import PassKey
 from pipesynth.core.validate import validate
 from pipesynth.runtime.errors import NonFiniteLossError, PipelineError, PipelineTimeoutError
 from pipesynth.runtime.graph_split import WeightBranches
@@ -425,12 +425,7 @@ class PipelineExecutor:
         level = peak = 0
         for a in self.actions:
             act, kept = self._stage_bytes[a.stage]
-            if a.op == "F":
-                level += act
-            elif a.op == "B":
-                level += kept - act if self.problem.split_backward else -act
-            else:
-                level -= kept
+            level += memory_change(a.op, act, kept, self.problem.split_backward)
             peak = max(peak, level)
         return float(peak)
 

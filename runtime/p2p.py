@@ -23,8 +23,9 @@ from typing import Literal
 
 import torch
 
+from pipesynth.core.rules import PassKey, crosses_devices, dependencies, successors
 from pipesynth.core.schedule import Schedule
-from pipesynth.core.simulate import PassKey, dependencies, simulate
+from pipesynth.core.simulate import simulate
 from pipesynth.runtime.errors import PipelineError
 
 
@@ -95,14 +96,13 @@ def messages(schedule: Schedule, grad_into: set[int] | None = None) -> list[Mess
     """
     problem = schedule.problem
     place = problem.placement
-    last = problem.stages - 1
     grad_into = set(range(1, problem.stages)) if grad_into is None else grad_into
     out: list[Message] = []
     for i, (op, s, j) in enumerate(global_order(schedule)):
-        if op == "F" and s < last and place[s] != place[s + 1]:
-            out.append(Message(i, "activation", (op, s, j), ("F", s + 1, j), place[s], place[s + 1]))
-        elif op == "B" and s > 0 and s in grad_into and place[s] != place[s - 1]:
-            out.append(Message(i, "gradient", (op, s, j), ("B", s - 1, j), place[s], place[s - 1]))
+        for nop, ns, _ in successors(problem, op, s, j):  # a cross-device dependency is a message
+            if crosses_devices(problem, s, ns) and (op == "F" or s in grad_into):
+                kind = "activation" if op == "F" else "gradient"
+                out.append(Message(i, kind, (op, s, j), (nop, ns, j), place[s], place[ns]))
     return out
 
 

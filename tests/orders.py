@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from pipesynth.core.problem import Problem
-from pipesynth.core.simulate import PassKey, dependencies
+from pipesynth.core.rules import PassKey, dependencies
 
 
 def random_valid_order(problem: Problem, rng: random.Random) -> list[list[PassKey]]:

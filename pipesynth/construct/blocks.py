@@ -15,10 +15,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from pipesynth.construct.reorder import Variant, chain_position, compact_order, greedy_portfolio, shortest
+from pipesynth.construct.reorder import Variant, compact_order, greedy_portfolio, shortest
 from pipesynth.core.problem import Op, Problem
+from pipesynth.core.rules import chain_position, comm_delay, dependencies, freeing_pass
 from pipesynth.core.schedule import Action, Schedule
-from pipesynth.core.simulate import dependencies, memory_levels
+from pipesynth.core.simulate import memory_levels
 
 EPS = 1e-9
 PassId = tuple[Op, int]  # (op, stage) of one microbatch
@@ -65,7 +66,7 @@ def block_violations(block: Block) -> list[str]:
         return [f"interval: must be positive, got {T:g}"]
     for (op, s), start in block.offsets.items():
         for dop, ds in (k[:2] for k in dependencies(p, op, s, 0)):
-            ready = block.end(dop, ds) + (p.comm if p.placement[ds] != p.placement[s] else 0.0)
+            ready = block.end(dop, ds) + comm_delay(p, ds, s)
             if start < ready - EPS:
                 out.append(f"{op} of stage {s} starts at {start:g}, before {dop} of stage {ds} is ready at {ready:g}")
     for d in range(p.devices):
@@ -87,7 +88,7 @@ def block_violations(block: Block) -> list[str]:
 def lifespans(block: Block) -> tuple[float, ...]:
     """Per stage: from the start of F to the end of the pass that frees its activation."""
     p = block.problem
-    last = "W" if p.split_backward else "B"
+    last = freeing_pass(p)
     return tuple(block.end(last, s) - block.offsets[("F", s)] for s in range(p.stages))
 
 
@@ -131,7 +132,7 @@ def stage_peak(block: Block) -> tuple[int, ...]:
     """Per stage: the most microbatches alive at once in the steady-state repeated order."""
     p = block.problem
     copies = max(live_copies(block)) + 2
-    last = "W" if p.split_backward else "B"
+    last = freeing_pass(p)
     peak = [0] * p.stages
     for dev in repeated_order(block, copies):
         live = [0] * p.stages

@@ -23,39 +23,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pipesynth.core.problem import Op, Problem
+from pipesynth.core.rules import (
+    PassKey,
+    chain_position,
+    comm_delay,
+    dependencies,
+    freeing_pass,
+    memory_delta,
+    successors,
+)
 from pipesynth.core.schedule import Schedule
-from pipesynth.core.simulate import dependencies, from_order, memory_delta
+from pipesynth.core.simulate import from_order
 from pipesynth.errors import InfeasibleError
 
 EPS = 1e-9
-PassKey = tuple[Op, int, int]
 Order = list[list[PassKey]]
 Key = Callable[[Op, int, int], tuple]
 Rank = Callable[[Op, int, int], tuple]
 PATIENCE = ("", "w", "all")
-
-
-def chain_position(problem: Problem, op: Op, stage: int) -> float:
-    """Where the pass sits in its microbatch's dependency chain: F down the stages, B back up, W after its B.
-
-    Sorting same-time passes by (microbatch, chain position) keeps every
-    dependency first, even when zero costs put them at the same time.
-    """
-    if op == "F":
-        return stage
-    back = 2 * problem.stages - 1 - stage
-    return back if op == "B" else back + 0.5
-
-
-def successors(problem: Problem, op: Op, stage: int, mb: int) -> list[PassKey]:
-    """The passes that depend directly on (op, stage, mb)."""
-    if op == "F":
-        out: list[PassKey] = [("B", stage, mb)]
-        return out + ([("F", stage + 1, mb)] if stage + 1 < problem.stages else [])
-    if op == "B":
-        out = [("W", stage, mb)] if problem.split_backward else []
-        return out + ([("B", stage - 1, mb)] if stage > 0 else [])
-    return []
 
 
 def greedy_keys(rank: Rank) -> dict[str, Key]:
@@ -106,7 +91,7 @@ def greedy_order(
     warm = [True] * p.devices  # no B has run on the device yet
     order: Order = [[] for _ in range(p.devices)]
     streams = [[(op, s) for s in p.stages_on(d) for op in p.ops] for d in range(p.devices)]
-    last = "W" if p.split_backward else "B"
+    last = freeing_pass(p)
 
     def stream_ready(op: Op, s: int) -> float | None:
         """When the stream's next pass has its inputs, or None if not known yet."""
@@ -117,8 +102,7 @@ def greedy_order(
         for dep in dependencies(p, op, s, j):
             if dep not in end:
                 return None
-            hop = p.comm if p.placement[dep[1]] != p.placement[s] else 0.0
-            t = max(t, end[dep] + hop)
+            t = max(t, end[dep] + comm_delay(p, dep[1], s))
         return t
 
     def room_for_f(d: int, s: int) -> bool:
@@ -230,7 +214,7 @@ def compact_order(problem: Problem, timed: Sequence[tuple[float, PassKey]], cap:
         d, cost = p.placement[s], p.cost(op, s)
         lo = 0.0
         for dep in dependencies(p, op, s, j):
-            lo = max(lo, final[dep][1] + (p.comm if p.placement[dep[1]] != d else 0.0))
+            lo = max(lo, final[dep][1] + comm_delay(p, dep[1], s))
         if op == "F":
             lo = max(lo, memory_floor(events[d], t, p.activation[s], cap[d]))
         g = first_gap(busy[d], lo, cost, t)

@@ -32,10 +32,10 @@ from collections import deque
 from dataclasses import replace
 
 from pipesynth.core.problem import Op, Problem
+from pipesynth.core.rules import PassKey
 from pipesynth.core.simulate import from_order
 
 SlotTable = dict[str, list[int]]  # one device: kind -> slot of each microbatch's pass, in microbatch order
-PassKey = tuple[Op, int, int]
 
 BLOCK_KINDS = "FfBb"
 PERIOD = 6

@@ -21,10 +21,11 @@ from dataclasses import replace
 
 from pipesynth.construct import register
 from pipesynth.construct.blocks import Block, block_violations, live_copies, repeated_order, steady_peak, unroll
-from pipesynth.construct.reorder import Variant, chain_position, greedy_portfolio, shortest
+from pipesynth.construct.reorder import Variant, greedy_portfolio, shortest
 from pipesynth.construct.slotgrid import slot_grid_order
 from pipesynth.construct.zbv import zbv_orders
 from pipesynth.core.problem import Op, Problem
+from pipesynth.core.rules import chain_position
 from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import from_order
 from pipesynth.errors import PipesynthError

@@ -25,10 +25,9 @@ from collections import deque
 from collections.abc import Sequence
 
 from pipesynth.core.problem import Op, Problem
-from pipesynth.core.simulate import dependencies, memory_delta
+from pipesynth.core.rules import PassKey, comm_delay, dependencies, memory_delta
 
 EPS = 1e-9
-PassKey = tuple[Op, int, int]
 Order = list[list[PassKey]]
 
 
@@ -58,7 +57,7 @@ class _Builder:
         for dep in dependencies(self.p, op, s, j):
             if dep not in self.end:
                 return None
-            t = max(t, self.end[dep] + (self.p.comm if self.p.placement[dep[1]] != i else 0.0))
+            t = max(t, self.end[dep] + comm_delay(self.p, dep[1], s))
         return t
 
     def fits(self, c: int, i: int, units: int = 1) -> bool:

@@ -15,32 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pipesynth.core.problem import Op, Problem
+from pipesynth.core.rules import PassKey, comm_delay, dependencies, memory_delta
 from pipesynth.core.schedule import Action, Metrics, Schedule
 from pipesynth.errors import InvalidScheduleError
-
-PassKey = tuple[Op, int, int]
-
-
-def dependencies(problem: Problem, op: Op, stage: int, mb: int) -> list[PassKey]:
-    """The passes that must end before (op, stage, mb) can start."""
-    if op == "F":
-        return [("F", stage - 1, mb)] if stage > 0 else []
-    if op == "B":
-        deps: list[PassKey] = [("F", stage, mb)]
-        if stage < problem.stages - 1:
-            deps.append(("B", stage + 1, mb))
-        return deps
-    return [("B", stage, mb)]
-
-
-def memory_delta(problem: Problem, op: Op, stage: int) -> float:
-    """Change of a device's activation memory once the pass has run."""
-    if op == "F":
-        return problem.activation[stage]
-    if op == "B":
-        kept = problem.kept_for_w[stage] if problem.split_backward else 0.0
-        return -(problem.activation[stage] - kept)
-    return -problem.kept_for_w[stage]
 
 
 def memory_levels(problem: Problem, device_actions: list[Action]) -> list[float]:
@@ -107,7 +84,6 @@ def simulate(schedule: Schedule) -> Simulation:
     """Time a schedule by list scheduling; raise InvalidScheduleError if it cannot run."""
     problem = schedule.problem
     flat: list[Action] = []
-    device_of: list[int] = []
     index: dict[PassKey, int] = {}
     for d, dev in enumerate(schedule.actions):
         for pos, a in enumerate(dev):
@@ -115,7 +91,6 @@ def simulate(schedule: Schedule) -> Simulation:
                 raise InvalidScheduleError([f"actions[{d}][{pos}]: {a} appears twice"])
             index[a.key] = len(flat)
             flat.append(a)
-            device_of.append(d)
 
     successors: list[list[int]] = [[] for _ in flat]
     waiting = [0] * len(flat)
@@ -145,8 +120,7 @@ def simulate(schedule: Schedule) -> Simulation:
         start[i] = ready_at[i]
         end[i] = start[i] + problem.cost(a.op, a.stage)
         for k in successors[i]:
-            cross = device_of[k] != device_of[i]
-            ready_at[k] = max(ready_at[k], end[i] + (problem.comm if cross else 0.0))
+            ready_at[k] = max(ready_at[k], end[i] + comm_delay(problem, a.stage, flat[k].stage))
             waiting[k] -= 1
             if waiting[k] == 0:
                 queue.append(k)

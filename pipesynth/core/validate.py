@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import networkx as nx
 
+from pipesynth.core.rules import PassKey, dependencies
 from pipesynth.core.schedule import Action, Schedule
-from pipesynth.core.simulate import PassKey, dependencies, memory_levels, simulate
+from pipesynth.core.simulate import memory_levels, simulate
 from pipesynth.errors import InvalidScheduleError
 
 EPS = 1e-9

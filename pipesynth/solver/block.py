@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from pipesynth.construct.blocks import Block
-from pipesynth.core.problem import Op, Problem
+from pipesynth.core.problem import Problem
+from pipesynth.core.rules import PassId, releasing_passes
 from pipesynth.core.simulate import from_order, simulate
 from pipesynth.solver.bounds import heads_and_tails, sequential_order
 from pipesynth.solver.greedy import first_greedy_block
 from pipesynth.solver.progress import Progress, SolverParams, report
 from pipesynth.solver.scaled import Scaled
-
-PassId = tuple[Op, int]
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ def solve_block(
 def add_periodic_memory(model: cp_model.CpModel, scaled: Scaled, T: int, off, rem, horizon: int) -> None:
     """Exact steady-state memory after every F, per device, under its cap."""
     p = scaled.problem
-    releases: list[Op] = ["B", "W"] if p.split_backward else ["B"]
+    releases = releasing_passes(p)
     for d in range(p.devices):
         mine = p.stages_on(d)
         # (stage, amount, whole periods q, remainder rho) per segment of held activation

@@ -6,39 +6,32 @@ whatever the solver finds.
 
 from __future__ import annotations
 
-from functools import cache
-
 from pipesynth.core.problem import Op, Problem
-from pipesynth.core.simulate import dependencies
+from pipesynth.core.rules import PassId, chain_order, comm_delay, dependencies, successors
 from pipesynth.core.units import format_bytes
 from pipesynth.errors import InfeasibleError
 
 
-def _delay(problem: Problem, a: int, b: int) -> float:
-    return 0.0 if problem.placement[a] == problem.placement[b] else problem.comm
+def heads_and_tails(problem: Problem) -> tuple[dict[PassId, float], dict[PassId, float]]:
+    """Earliest start of each pass of one microbatch, and the least time left after it ends.
 
-
-def heads_and_tails(problem: Problem) -> tuple[dict[tuple[Op, int], float], dict[tuple[Op, int], float]]:
-    """Earliest start of each pass of one microbatch, and the least time left after it ends."""
-    passes = [(op, s) for s in range(problem.stages) for op in problem.ops]
-    successors: dict[tuple[Op, int], list[tuple[Op, int]]] = {p: [] for p in passes}
-    for op, s in passes:
-        for dop, ds, _ in dependencies(problem, op, s, 0):
-            successors[(dop, ds)].append((op, s))
-
-    @cache
-    def head(op: Op, s: int) -> float:
+    One sweep each way along the chain order (a topological order of one
+    microbatch's passes), so it runs in linear time at any depth.
+    """
+    order = chain_order(problem)
+    head: dict[PassId, float] = {}
+    for op, s in order:
         deps = dependencies(problem, op, s, 0)
-        return max((head(dop, ds) + problem.cost(dop, ds) + _delay(problem, ds, s) for dop, ds, _ in deps), default=0.0)
-
-    @cache
-    def tail(op: Op, s: int) -> float:
-        return max(
-            (_delay(problem, s, ns) + problem.cost(nop, ns) + tail(nop, ns) for nop, ns in successors[(op, s)]),
-            default=0.0,
+        head[(op, s)] = max(
+            (head[(d, ds)] + problem.cost(d, ds) + comm_delay(problem, ds, s) for d, ds, _ in deps), default=0.0
         )
-
-    return {p: head(*p) for p in passes}, {p: tail(*p) for p in passes}
+    tail: dict[PassId, float] = {}
+    for op, s in reversed(order):
+        after = successors(problem, op, s, 0)
+        tail[(op, s)] = max(
+            (comm_delay(problem, s, n) + problem.cost(nop, n) + tail[(nop, n)] for nop, n, _ in after), default=0.0
+        )
+    return head, tail
 
 
 def makespan_lower_bound(problem: Problem) -> float:
@@ -87,11 +80,7 @@ def check_cap(problem: Problem) -> None:
 
 def sequential_order(problem: Problem) -> list[list[tuple[Op, int, int]]]:
     """One microbatch at a time through the whole chain: fits the smallest feasible cap."""
-    chain: list[tuple[Op, int]] = [("F", s) for s in range(problem.stages)]
-    for s in reversed(range(problem.stages)):
-        chain.append(("B", s))
-        if problem.split_backward:
-            chain.append(("W", s))
+    chain = chain_order(problem)
     order: list[list[tuple[Op, int, int]]] = [[] for _ in range(problem.devices)]
     for j in range(problem.microbatches):
         for op, s in chain:

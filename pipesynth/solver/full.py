@@ -22,15 +22,13 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from pipesynth.core.problem import Op
+from pipesynth.core.rules import PassKey
 from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
 from pipesynth.solver.block import heads_and_tails_scaled
 from pipesynth.solver.progress import Progress, SolverParams, report
 from pipesynth.solver.scaled import Scaled
-
-PassKey = tuple[Op, int, int]
 
 
 @dataclass(frozen=True)

@@ -9,20 +9,8 @@ afterwards; scanning T upward gives the first interval where it fits.
 
 from __future__ import annotations
 
-from pipesynth.core.problem import Op
+from pipesynth.core.rules import PassId, chain_order, releasing_passes
 from pipesynth.solver.scaled import Scaled
-
-PassId = tuple[Op, int]
-
-
-def chain_order(scaled: Scaled) -> list[PassId]:
-    p = scaled.problem
-    order: list[PassId] = [("F", s) for s in range(p.stages)]
-    for s in reversed(range(p.stages)):
-        order.append(("B", s))
-        if p.split_backward:
-            order.append(("W", s))
-    return order
 
 
 def _free(table: list[tuple[int, int]], start: int, cost: int, T: int) -> bool:
@@ -39,7 +27,7 @@ def greedy_block(scaled: Scaled, T: int) -> dict[PassId, int] | None:
         deps.setdefault(b, []).append((a, delay))
     tables: list[list[tuple[int, int]]] = [[] for _ in range(p.devices)]
     off: dict[PassId, int] = {}
-    for k in chain_order(scaled):
+    for k in chain_order(p):
         c = scaled.c(*k)
         if c > T:
             return None
@@ -60,7 +48,7 @@ def greedy_block(scaled: Scaled, T: int) -> dict[PassId, int] | None:
 def periodic_peak(scaled: Scaled, T: int, off: dict[PassId, int]) -> list[int]:
     """Exact steady-state memory per device after its worst F (see block.py)."""
     p = scaled.problem
-    releases: list[Op] = ["B", "W"] if p.split_backward else ["B"]
+    releases = releasing_passes(p)
     peaks = []
     for d in range(p.devices):
         mine = p.stages_on(d)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from pipesynth.core.problem import Op, Problem
+from pipesynth.core.rules import PassId, crosses_devices, edges, released
 
 FACTORS = (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 200, 250, 500, 1000)
 
@@ -61,29 +62,15 @@ class Scaled:
 
     def link(self, a: int, b: int) -> int:
         """Comm time of a dependency from stage a to stage b."""
-        return 0 if self.problem.placement[a] == self.problem.placement[b] else self.comm
+        return self.comm if crosses_devices(self.problem, a, b) else 0
 
     def release(self, op: Op, stage: int) -> int:
-        """Memory the pass frees once it has run (DESIGN.md section 2)."""
-        if op == "B":
-            return self.activation[stage] - (self.kept[stage] if self.problem.split_backward else 0)
-        if op == "W":
-            return self.kept[stage]
-        return 0
+        """Memory the pass frees once it has run (rules.released on the scaled numbers)."""
+        return released(op, self.activation[stage], self.kept[stage], self.problem.split_backward)
 
-    def edges(self) -> list[tuple[tuple[Op, int], tuple[Op, int], int]]:
+    def edges(self) -> list[tuple[PassId, PassId, int]]:
         """One microbatch's dependencies (before, after, comm delay)."""
-        p = self.problem
-        out: list[tuple[tuple[Op, int], tuple[Op, int], int]] = []
-        for s in range(p.stages):
-            if s > 0:
-                out.append((("F", s - 1), ("F", s), self.link(s - 1, s)))
-            out.append((("F", s), ("B", s), 0))
-            if s < p.stages - 1:
-                out.append((("B", s + 1), ("B", s), self.link(s + 1, s)))
-            if p.split_backward:
-                out.append((("B", s), ("W", s), 0))
-        return out
+        return [(a, b, self.link(a[1], b[1])) for a, b in edges(self.problem)]
 
-    def passes(self) -> list[tuple[Op, int]]:
+    def passes(self) -> list[PassId]:
         return [(op, s) for s in range(self.problem.stages) for op in self.problem.ops]
