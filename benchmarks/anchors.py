@@ -2,7 +2,7 @@
 
 The anchors (benchmarks/anchors/official_v_schedules.json) are schedules of
 "Pipeline Parallelism with Controllable Memory"'s own code, measured with
-DESIGN.md's rules on a V-shape model: 2D stages, F/B/W costs per stage,
+docs/design.md's rules on a V-shape model: 2D stages, F/B/W costs per stage,
 activation 1 per stage ("chunk units"). Every generator runs that same
 model: placements with k stages per device get 2/k of a V stage's costs and
 activation, so makespans and peaks compare across placements.

@@ -1,6 +1,6 @@
 """Solver benchmark: pipesynth solve against the official V-shape schedules (anchors).
 
-For every instance of shared/anchors/official_v_schedules.json and every peak
+For every instance of benchmarks/anchors/official_v_schedules.json and every peak
 memory an anchor reaches, solve the same problem with that cap and compare
 with the best anchor at the same or lower peak, with our own handcrafted
 generators (built in the same run), and with the proven lower bound. Also
@@ -31,7 +31,7 @@ from pipesynth.solver import SolverParams, solve
 from pipesynth.solver.block import search_block
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = ROOT / "benchmarks" / "anchors" / "official_v_schedules.json"  # copy of shared/anchors/
+ANCHORS = ROOT / "benchmarks" / "anchors" / "official_v_schedules.json"  # the official implementation's figures, kept in the repo
 TIME_LIMIT = {4: 30.0, 8: 60.0, 16: 120.0}
 
 
@@ -220,7 +220,7 @@ def main() -> None:
             else ""
         ),
         "",
-        "Anchors: the official implementation's V-shape schedules (shared/anchors/official_v_schedules.json).",
+        "Anchors: the official implementation's V-shape schedules (benchmarks/anchors/official_v_schedules.json).",
         "`cap` is in chunk units (activation 1 per stage); `solve` is pipesynth solve's makespan at that cap;",
         "`ours handcrafted`: best of our own generators (v-min, v-half, v-zb) that fit the cap, as built inside",
         "the same solve (one that misses the solve's hint deadline is absent: `-`);",

@@ -1,7 +1,7 @@
 """A delay workload: pipeline stages whose F, B and W take set times by sleeping.
 
 Sleep uses no CPU (but for a short spin at the end of each nap), so 4 to 8
-ranks on a 2-core machine behave like 4 to 8 accelerators (DESIGN.md
+ranks on a 2-core machine behave like 4 to 8 accelerators (docs/design.md
 section 8): what is left is the executor's own overhead (Python, P2P,
 scheduling), which is what the benchmarks measure.
 Tensors are tiny.

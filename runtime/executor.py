@@ -2,7 +2,7 @@
 
 `PipelineExecutor(schedule, stage_modules, loss_fn)` on every rank, then
 `step(inputs, targets)` per training step, then the caller's optimizer step.
-The schedule file is the contract (DESIGN.md section 7): each rank runs its
+The schedule file is the contract (docs/design.md section 7): each rank runs its
 device's action list in order; receives are posted ahead (see plan.py for the
 order and why it cannot deadlock) and waited on just before the pass that
 consumes them; sends never block; neighbouring stages on one rank hand
@@ -413,7 +413,7 @@ class PipelineExecutor:
         return dict(self._stage_bytes)
 
     def predicted_peak_bytes(self) -> float:
-        """The schedule's peak for this rank: DESIGN.md's memory walk of its list with profiled bytes.
+        """The schedule's peak for this rank: docs/design.md's memory walk of its list with profiled bytes.
 
         F adds the stage's activation; B releases activation - kept (fused:
         all of it); W releases kept. Profiled kept can exceed the activation

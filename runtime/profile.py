@@ -12,7 +12,7 @@ memory="bytes")`).
 
 Memory after B is often *more* than after F: a split layer keeps its output
 gradient for W on top of its input, and during B those gradients pile up
-before autograd frees the graph. DESIGN.md's memory rule has B only
+before autograd frees the graph. docs/design.md's memory rule has B only
 release, so the problem sets `activation` to the highest level seen from F
 to the end of B, and `kept_for_w` to the level after B: the simulated level
 is then exact after B and never below the real one before, so a planned cap

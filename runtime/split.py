@@ -5,7 +5,7 @@ Embedding) get a backward that, while `deferring(queue)` is active, returns only
 gradient and appends the weight-gradient product to `queue` as a closure; W
 runs the closures. The closure keeps what the product needs (the layer input
 and the output gradient) and nothing else, so everything else B used is
-freed by autograd as soon as B ends (DESIGN.md section 7). Outside
+freed by autograd as soon as B ends (docs/design.md section 7). Outside
 `deferring`, the same layers compute both gradients at once (fused backward).
 
 `make_splittable(module)` switches the plain torch layers of a module to

@@ -1,4 +1,4 @@
-"""The timing and memory rules of DESIGN.md section 2, on hand-checked cases."""
+"""The timing and memory rules of docs/design.md section 2, on hand-checked cases."""
 
 import pytest
 

@@ -4,7 +4,7 @@ All schedules run the same model: a placement with k stages per device cuts
 each device's share into k stages with 1/k of its costs and activation, so
 makespans and peaks compare across placements. Memory is reported in
 units of one microbatch's activation of a whole device, and relative to
-1F1B's peak on the same model (DESIGN.md section 2).
+1F1B's peak on the same model (docs/design.md section 2).
 """
 
 from __future__ import annotations

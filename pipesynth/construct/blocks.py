@@ -1,4 +1,4 @@
-"""Building blocks (DESIGN.md section 3): one microbatch's passes at fixed offsets.
+"""Building blocks (docs/design.md section 3): one microbatch's passes at fixed offsets.
 
 A pipeline schedule in the paper's framework is a block repeated every
 interval T, squeezed (idle time removed, each device keeping its order) and

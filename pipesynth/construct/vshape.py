@@ -1,4 +1,4 @@
-"""The V-shape family (DESIGN.md section 3): V-Min, V-Half, V-ZB blocks and ZB-V.
+"""The V-shape family (docs/design.md section 3): V-Min, V-Half, V-ZB blocks and ZB-V.
 
 Stage s sits on device s for s < D and on device 2D-1-s after (placement
 "v"), so device i holds chunk 0 (stage i) and chunk 1 (stage 2D-1-i).

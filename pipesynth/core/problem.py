@@ -24,7 +24,7 @@ PerStage = Number | Sequence[Number]
 
 @dataclass(frozen=True)
 class Problem:
-    """One pipeline-training iteration to schedule (DESIGN.md sections 1 and 5).
+    """One pipeline-training iteration to schedule (docs/design.md sections 1 and 5).
 
     `cost_b` is the input-gradient pass when `split_backward` is true and the
     whole backward otherwise (then `cost_w` is all zeros and no W pass exists).
@@ -92,7 +92,7 @@ class Problem:
 
 
 def placement_for(kind: str, devices: int, chunks: int = 1) -> tuple[int, ...]:
-    """Stage -> device for a named placement (DESIGN.md section 1)."""
+    """Stage -> device for a named placement (docs/design.md section 1)."""
     if devices < 1:
         raise PipesynthError(f"devices: must be at least 1, got {devices}")
     if kind == "linear":
@@ -142,7 +142,7 @@ def make_problem(
     """Build a Problem from friendly arguments: scalars broadcast to every stage.
 
     `cost` maps F, B, W to a number or a per-stage list (default 1 each). With
-    `split_backward=False` the backward costs B + W, as in DESIGN.md section 5.
+    `split_backward=False` the backward costs B + W, as in docs/design.md section 5.
     """
     stage_devices = placement_for(placement, devices, chunks) if isinstance(placement, str) else tuple(placement)
     stages = len(stage_devices)
@@ -174,7 +174,7 @@ def one_f_one_b_peak(problem: Problem) -> tuple[float, ...]:
     """Per-device peak memory of 1F1B on the same model (the base of relative caps).
 
     1F1B holds min(m, D) microbatches of a device's whole activation on its
-    first device; DESIGN.md section 2 takes that as the reference for every
+    first device; docs/design.md section 2 takes that as the reference for every
     device, each with its own activation per microbatch.
     """
     held = min(problem.microbatches, problem.devices)

@@ -29,7 +29,7 @@ class Action:
 
 @dataclass(frozen=True)
 class Metrics:
-    """The figures of DESIGN.md section 2 for one iteration."""
+    """The figures of docs/design.md section 2 for one iteration."""
 
     makespan: float
     bubble_rate: float

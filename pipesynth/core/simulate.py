@@ -1,4 +1,4 @@
-"""Timing and memory of a schedule under the fixed rules of DESIGN.md section 2.
+"""Timing and memory of a schedule under the fixed rules of docs/design.md section 2.
 
 Timing is list scheduling: each device runs its list in order, and a pass
 starts once its device is free and every dependency has ended (plus `comm`

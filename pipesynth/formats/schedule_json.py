@@ -1,4 +1,4 @@
-"""Read and write `pipesynth.schedule/1` files (DESIGN.md section 5).
+"""Read and write `pipesynth.schedule/1` files (docs/design.md section 5).
 
 The reader checks types and names the field at fault; the rules a schedule
 must follow (every pass once, placement, deadlock, cap) are the validator's.

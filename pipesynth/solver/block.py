@@ -1,4 +1,4 @@
-"""Block search: the best building block (DESIGN.md sections 3 and 4) by CP-SAT.
+"""Block search: the best building block (docs/design.md sections 3 and 4) by CP-SAT.
 
 At a fixed interval T, one variable per (op, stage) gives the pass's offset
 o = q*T + r in one microbatch's block, with 0 <= r < T. Copies of the block
@@ -10,7 +10,7 @@ activation is held in segments from the start of its F to the end of the pass
 that frees it (B frees `activation - kept_for_w`, W the rest). A segment of
 length l = qT + rho, seen from a moment whose phase is d after the segment's
 start modulo T, has q + [d < rho] live copies. Memory peaks right after an F
-(DESIGN.md counts memory in list order), so for every F on a device the sum
+(docs/design.md counts memory in list order), so for every F on a device the sum
 over the device's segments, at that F's phase, must fit the cap.
 
 `search_block` finds the smallest T it can (bisecting with fixed-T probes

@@ -3,7 +3,7 @@
 An interval per pass, one no-overlap per device, dependencies with comm,
 first-in-first-out per (stage, pass) over microbatches (they are identical,
 so this loses nothing and breaks symmetry), the makespan lower bound as a
-constraint, and the memory cap exact under DESIGN.md's list-order rule:
+constraint, and the memory cap exact under docs/design.md's list-order rule:
 memory changes at each pass's start (a device runs one pass at a time, so
 start order is list order), as a reservoir per device, or as precedences
 (F of microbatch j+n after the release of j) when a device holds one stage
