@@ -20,8 +20,8 @@ def test_block_draws_and_reports_interval_lifespans_and_bound(tmp_path):
     assert len(rows) == 4 and "F0" in rows[0]
     assert "interval T = 6" in result.stdout
     # device 0 of V-Half at 4 devices: chunk 0 lives 30 slots (5 copies), chunk 1 lives 6 (1 copy)
-    assert "lifespan per stage: 0: 30," in result.stdout and "7: 6" in result.stdout
-    assert "memory bound per device (sum of ceil(l/T) x activation): 6, 6, 6, 6" in result.stdout
+    assert "lifespan per stage (time units): 0: 30," in result.stdout and "7: 6" in result.stdout
+    assert "memory bound per device (sum of ceil(l/T) x activation, chunk units): 6, 6, 6, 6" in result.stdout
     assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -1,10 +1,13 @@
 """Memory against bubble: every schedule family on one model, and which ones are not beaten.
 
-All schedules run the same model: a placement with k stages per device cuts
-each device's share into k stages with 1/k of its costs and activation, so
-makespans and peaks compare across placements. Memory is reported in
-units of one microbatch's activation of a whole device, and relative to
-1F1B's peak on the same model (docs/design.md section 2).
+All schedules run the same model (docs/design.md section 2): `2D` chunks,
+each with the given pass costs and one chunk unit of activation per
+microbatch. A placement with k stages per device runs stages of 2/k chunks
+(a V or two-chunk interleaved stage is one chunk; a linear stage is two:
+twice the costs, 2 chunk units), so every figure is the one `pipesynth
+schedule` prints for that stage size, and figures compare across
+placements. Memory is also reported relative to 1F1B's peak on the same
+model (2D chunk units).
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ def point_of(schedule: Schedule, name: str | None = None) -> ParetoPoint:
     )
 
 
+def chunks_per_stage(name: str, devices: int, chunks: int = 2) -> float:
+    """How many chunks of the same model one stage of generator `name` holds: 2 / (stages per device)."""
+    return 2 * devices / problem_for(name, devices, 1, chunks=chunks).stages
+
+
 def same_model_problem(
     name: str,
     devices: int,
@@ -60,11 +68,11 @@ def same_model_problem(
     comm: float = 0.0,
     chunks: int = 2,
 ) -> Problem:
-    """Generator `name`'s problem on the model whose device share costs `cost` (see module doc)."""
+    """Generator `name`'s problem on the model of 2D chunks costing `cost` each (see module doc)."""
     cost = {"F": 1.0, "B": 1.0, "W": 1.0, **(cost or {})}
-    k = problem_for(name, devices, microbatches, chunks=chunks).stages / devices
-    per_stage: dict[str, PerStage] = {op: c / k for op, c in cost.items()}
-    return problem_for(name, devices, microbatches, chunks=chunks, cost=per_stage, comm=comm, activation=1 / k)
+    k = chunks_per_stage(name, devices, chunks)
+    per_stage: dict[str, PerStage] = {op: c * k for op, c in cost.items()}
+    return problem_for(name, devices, microbatches, chunks=chunks, cost=per_stage, comm=comm, activation=k)
 
 
 def same_model_schedule(
@@ -77,6 +85,24 @@ def same_model_schedule(
 ) -> Schedule:
     """Run generator `name` on the model whose device share costs `cost` (see module doc)."""
     return get_generator(name).build(same_model_problem(name, devices, microbatches, cost, comm, chunks))
+
+
+def same_model_schedules(
+    devices: int,
+    microbatches: int,
+    cost: dict[str, float] | None = None,
+    comm: float = 0.0,
+    names: Iterable[str] | None = None,
+    chunks: int = 2,
+) -> tuple[list[Schedule], list[str]]:
+    """Every registered generator's (or `names`') schedule on the same model, and a note per one that cannot run."""
+    schedules, skipped = [], []
+    for name in names if names is not None else GENERATORS:
+        try:
+            schedules.append(same_model_schedule(name, devices, microbatches, cost, comm, chunks))
+        except PipesynthError as err:
+            skipped.append(f"{name}: {err}")
+    return schedules, skipped
 
 
 def pareto_points(
@@ -92,13 +118,8 @@ def pareto_points(
     Other point sources (a solver) can add their own points and call
     `mark_frontier` again.
     """
-    points, skipped = [], []
-    for name in names if names is not None else GENERATORS:
-        try:
-            points.append(point_of(same_model_schedule(name, devices, microbatches, cost, comm, chunks)))
-        except PipesynthError as err:
-            skipped.append(f"{name}: {err}")
-    return mark_frontier(points), skipped
+    schedules, skipped = same_model_schedules(devices, microbatches, cost, comm, names, chunks)
+    return mark_frontier([point_of(s) for s in schedules]), skipped
 
 
 def mark_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:
@@ -116,8 +137,8 @@ def mark_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:
 
 
 def pareto_table(points: list[ParetoPoint]) -> str:
-    """A text table sorted by memory; `*` marks the frontier."""
-    rows = [("schedule", "peak/1F1B", "peak", "bubble rate", "makespan", "frontier")]
+    """A text table sorted by memory (peak in chunk units); `*` marks the frontier."""
+    rows = [("schedule", "peak/1F1B", "peak (chunk units)", "bubble rate", "makespan", "frontier")]
     for p in sorted(points, key=lambda p: (p.relative_memory, p.bubble_rate)):
         rows.append(
             (

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipesynth.core.schedule import Schedule
+from pipesynth.core.units import Units, format_time, time_label, time_scale
 from pipesynth.errors import PipesynthError
 
 #: Box colors per pass, one shade per chunk (darker for later chunks), as in
@@ -32,6 +33,7 @@ ANSI = {
     "W": (183, 98, 54),
 }
 IDLE = "."
+MICRO = "\u00b5s"  # the picture's axis may spell microseconds properly
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,15 @@ def gantt_text(
     width: int | None = None,
     labels: Sequence[str] | None = None,
     color: bool = False,
+    units: Units | None = None,
 ) -> str:
     """A terminal Gantt chart: a line per device, each box labelled with its pass and microbatch.
 
     `width` caps the columns of the time axis (default: the shortest pass
     gets two, up to 160); see `time_per_column` for the scale. Labels read `F3` (forward of microbatch 3);
     later chunks use lower case (`f3`). With `color`, boxes get ANSI
-    background colors like the image's.
+    background colors like the image's. `units` are the problem's (the
+    legend says what a column is: `0.5 time units`, `250 us`).
     """
     labels = list(labels) if labels is not None else [f"dev {d}" for d in range(len(rows))]
     if len(labels) != len(rows):
@@ -149,15 +153,26 @@ def gantt_text(
                 cells[c0:c1] = list(text)
         lines.append(f"{label.rjust(pad)} |{''.join(cells)}|")
     legend = "F forward, B input gradient, W weight gradient; digits: microbatch; lower case: chunk >= 1"
-    lines.append(f"{' ' * pad}  {legend}; '{IDLE}' idle; 1 column = {scale:g} time units, span {t1 - t0:g}")
+    column, span = _time_text(scale, units), _time_text(t1 - t0, units)
+    lines.append(f"{' ' * pad}  {legend}; '{IDLE}' idle; 1 column = {column}, span {span}")
     return "\n".join(lines)
 
 
-def gantt_figure(rows: Sequence[Sequence[Bar]], path: str | os.PathLike[str], title: str = "") -> Path:
+def _time_text(value: float, units: Units | None) -> str:
+    return f"{value:g} {time_label(units)}" if units is None else format_time(value, units)
+
+
+def gantt_figure(
+    rows: Sequence[Sequence[Bar]],
+    path: str | os.PathLike[str],
+    title: str = "",
+    units: Units | None = None,
+) -> Path:
     """Draw the bars to a PNG or SVG file (by suffix), one row per device; return the path.
 
     Boxes are colored by pass and chunk (COLORS) with the microbatch number
-    inside when it fits. Needs matplotlib (`pip install 'pipesynth[plot]'`).
+    inside when it fits; the time axis is in the problem's `units` (ms or
+    us when it has them). Needs matplotlib (`pip install 'pipesynth[plot]'`).
     """
     target = Path(path)
     fmt = target.suffix.lower().lstrip(".")
@@ -167,6 +182,7 @@ def gantt_figure(rows: Sequence[Sequence[Bar]], path: str | os.PathLike[str], ti
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.patches import Patch
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise PipesynthError("pictures need matplotlib: pip install 'pipesynth[plot]'") from None
 
@@ -195,7 +211,10 @@ def gantt_figure(rows: Sequence[Sequence[Bar]], path: str | os.PathLike[str], ti
     ax.set_yticks(range(len(rows)), [f"device {d}" for d in range(len(rows))])
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlim(0, span)
-    ax.set_xlabel("time")
+    divisor, unit = time_scale(span, units)
+    if divisor != 1:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x / divisor:g}"))
+    ax.set_xlabel(f"time ({MICRO if unit == 'us' else unit})")
     if title:
         ax.set_title(title)
     several_chunks = len({c for _, c in used}) > 1

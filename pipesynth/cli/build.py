@@ -16,6 +16,7 @@ from pipesynth.cli.options import parse_cap_option, parse_cost, parse_numbers
 from pipesynth.construct import GENERATORS, generate, problem_for
 from pipesynth.construct.blocks import Block, lifespans, memory_bound
 from pipesynth.construct.vshape import BLOCKS, v_block
+from pipesynth.core.units import format_time, memory_label, time_label
 from pipesynth.core.validate import find_violations
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.schedule_json import dumps, save
@@ -90,11 +91,12 @@ def block_bars(block: Block) -> list[list[Bar]]:
 
 def block_report(block: Block) -> str:
     """T, each stage's lifespan and live copies, each device's Eq. 1 memory bound."""
-    T = block.interval
-    lines = [f"interval T = {T:g}"]
-    lines.append("lifespan per stage: " + ", ".join(f"{s}: {life:g}" for s, life in enumerate(lifespans(block))))
-    bound = memory_bound(block)
-    lines.append("memory bound per device (sum of ceil(l/T) x activation): " + ", ".join(f"{b:g}" for b in bound))
+    units = block.problem.units
+    lines = [f"interval T = {format_time(block.interval, units)} {time_label(units)}"]
+    lives = ", ".join(f"{s}: {format_time(life, units)}" for s, life in enumerate(lifespans(block)))
+    lines.append(f"lifespan per stage ({time_label(units)}): {lives}")
+    bound = ", ".join(f"{b:g}" for b in memory_bound(block))
+    lines.append(f"memory bound per device (sum of ceil(l/T) x activation, {memory_label(units)}): {bound}")
     return "\n".join(lines)
 
 
@@ -113,10 +115,10 @@ def block(
     problem = problem_for(name if name in BLOCKS else "v-min", devices, 1, cost=parse_cost(cost), comm=comm)
     blk = v_block(problem, name)
     rows = block_bars(blk)
-    typer.echo(gantt_text(rows))
+    typer.echo(gantt_text(rows, units=problem.units))
     typer.echo(block_report(blk))
     if out is not None:
-        gantt_figure(rows, out, title=f"{name} block, {devices} devices, T = {blk.interval:g}")
+        gantt_figure(rows, out, title=f"{name} block, {devices} devices, T = {blk.interval:g}", units=problem.units)
         typer.echo(f"-> {out}")
 
 
@@ -125,7 +127,7 @@ def pareto(
     devices: Annotated[int, typer.Option("--devices", "-d", help="Number of devices.", min=1)],
     microbatches: Annotated[int, typer.Option("--microbatches", "-m", help="Microbatches per iteration.", min=1)],
     cost: Annotated[
-        str, typer.Option("--cost", "-c", help="Pass costs of one device's share of the model, e.g. F=3,B=4,W=2.")
+        str, typer.Option("--cost", "-c", help="Pass costs of one chunk (a V stage), e.g. F=3,B=4,W=2.")
     ] = "",
     comm: Annotated[float, typer.Option("--comm", help="Latency of a send between devices.", min=0)] = 0.0,
     out: Annotated[Path | None, typer.Option("--out", help="Scatter plot to this PNG or SVG.")] = None,
@@ -135,8 +137,10 @@ def pareto(
     ] = False,
     solve_time: Annotated[float, typer.Option("--solve-time", help="Seconds per solved cap.", min=0.1)] = 10.0,
 ) -> None:
-    """Peak memory (relative to 1F1B) against bubble rate for every schedule family on one model.
+    """Peak memory against bubble rate of every schedule family on one model.
 
+    The model has 2D chunks of the given costs and 1 chunk unit of activation
+    each: a V stage is one chunk, a linear stage two (docs/design.md section 2).
     With --solve, the solver's schedules at a sweep of caps join the table and plot.
     Example: pipesynth pareto --devices 8 --microbatches 32 --cost F=3,B=4,W=2 --out pareto.png
     """

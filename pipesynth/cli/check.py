@@ -14,6 +14,7 @@ from pipesynth.analysis.render import gantt_figure, gantt_text, natural_width, s
 from pipesynth.cli import command
 from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import simulate as run_simulation
+from pipesynth.core.units import format_memories, format_memory, format_time, memory_label, time_label
 from pipesynth.core.validate import find_violations
 from pipesynth.errors import InvalidScheduleError
 from pipesynth.formats.schedule_json import load
@@ -22,11 +23,15 @@ FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file.", show_defaul
 
 
 def summary(schedule: Schedule) -> str:
-    """One line: what the schedule is and its figures."""
+    """One line: what the schedule is and its figures, in the problem's units (docs/design.md section 2)."""
     p, m = schedule.problem, schedule.metrics
-    figures = "" if m is None else f": makespan {m.makespan:g}, bubble rate {m.bubble_rate:.4f}, peak memory "
-    peaks = "" if m is None else "/".join(f"{x:g}" for x in m.peak_memory)
-    return f"{schedule.name or 'schedule'} on {p.devices} devices, {p.microbatches} microbatches{figures}{peaks}"
+    head = f"{schedule.name or 'schedule'} on {p.devices} devices, {p.microbatches} microbatches"
+    if m is None:
+        return head
+    return (
+        f"{head}: makespan {format_time(m.makespan, p.units)}, bubble rate {m.bubble_rate:.4f}, "
+        f"peak memory {format_memories(m.peak_memory, p.units)}"
+    )
 
 
 @command()
@@ -58,18 +63,22 @@ def simulate(
     if violations:
         raise InvalidScheduleError(violations)
     sim = run_simulation(schedule)
+    units = schedule.problem.units
     figures = {
         "makespan": sim.makespan,
         "bubble_rate": round(sim.bubble_rate, 6),
         "peak_memory": list(sim.peak_memory),
         "busy": sim.busy,
+        "units": {"time": time_label(units), "memory": memory_label(units)},
     }
     if as_json:
         typer.echo(json.dumps(figures))
         return
-    typer.echo(f"{schedule.name or file}: makespan {sim.makespan:g}, bubble rate {sim.bubble_rate:.4f}")
+    typer.echo(
+        f"{schedule.name or file}: makespan {format_time(sim.makespan, units)}, bubble rate {sim.bubble_rate:.4f}"
+    )
     for d, (peak, busy) in enumerate(zip(sim.peak_memory, sim.busy)):
-        typer.echo(f"  device {d}: busy {busy:g}, peak memory {peak:g}")
+        typer.echo(f"  device {d}: busy {format_time(busy, units)}, peak memory {format_memory(peak, units)}")
 
 
 @command()
@@ -90,7 +99,8 @@ def show(
     if width is None:
         width = min(natural_width(rows), max(20, shutil.get_terminal_size().columns - 10))
     typer.echo(summary(sched))
-    typer.echo(gantt_text(rows, width=width, color=sys.stdout.isatty() if color is None else color))
+    units = sched.problem.units
+    typer.echo(gantt_text(rows, width=width, color=sys.stdout.isatty() if color is None else color, units=units))
     if out is not None:
-        path = gantt_figure(rows, out, title=summary(sched))
+        path = gantt_figure(rows, out, title=summary(sched), units=units)
         typer.echo(f"chart written to {path}")

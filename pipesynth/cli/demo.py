@@ -1,9 +1,11 @@
 """`pipesynth demo` (`make demo`): every registered schedule side by side, then one trained on CPU ranks.
 
-Every schedule runs the same model: a placement with k stages per device
-cuts each device's share into k stages of 1/k of its costs and activation,
-so makespans and peaks compare across placements (memory unit: one
-microbatch's activation of a whole device). The training step picks the
+Every schedule runs the same model, as in `pipesynth pareto`
+(pipesynth.analysis.pareto, docs/design.md section 2): 2D chunks with the
+given pass costs and one chunk unit of activation each; a V stage is one
+chunk, a linear stage two. So the V-Half row shows what `pipesynth schedule
+v-half` prints, and the 1F1B row what `pipesynth schedule 1f1b --cost
+F=2,B=2,W=2 --activation 2` prints. The training step picks the
 fastest schedule under a memory cap relative to 1F1B's, trains the tiny GPT
 with it on 4 CPU ranks (gloo), and prints predicted and measured peak
 activation bytes per rank next to 1F1B's. It needs torch, imported there
@@ -13,11 +15,13 @@ only: the rest of the demo runs without it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pipesynth.analysis.pareto import same_model_schedule
+import typer
+
+from pipesynth.analysis.pareto import same_model_schedules
 from pipesynth.analysis.render import gantt_figure, gantt_text, schedule_bars
 from pipesynth.cli import command
-from pipesynth.construct import GENERATORS
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
 
@@ -29,30 +33,19 @@ EQUAL_COST = {"F": 1.0, "B": 1.0, "W": 1.0}
 OUT = Path("out")
 
 
-def generate_all(devices: int, microbatches: int, cost: dict[str, float]) -> tuple[list[Schedule], list[str]]:
-    """One schedule per registered generator on the same model, and a note for each that cannot run this case."""
-    schedules, skipped = [], []
-    for name in GENERATORS:
-        try:
-            schedules.append(same_model_schedule(name, devices, microbatches, cost, chunks=CHUNKS))
-        except PipesynthError as err:
-            skipped.append(f"{name}: {err}")
-    return schedules, skipped
-
-
 def metrics_table(schedules: list[Schedule], baseline: str = BASELINE) -> str:
     """Makespan, bubble rate and peak memory, each also relative to the baseline's."""
     base = next((s for s in schedules if s.name == baseline), schedules[0])
     width = max(len(s.name) for s in schedules)
     lines = [
-        f"{'schedule'.ljust(width)}  makespan  vs {baseline}  bubble rate  peak memory  vs {baseline}",
+        f"{'schedule'.ljust(width)}  makespan  vs {baseline}  bubble rate  peak (chunk units)  vs {baseline}",
     ]
     for s in schedules:
         m, b = s.metrics, base.metrics
         peak, base_peak = max(m.peak_memory), max(b.peak_memory)
         lines.append(
             f"{s.name.ljust(width)}  {m.makespan:8g}  {m.makespan / b.makespan:6.2f}x  {m.bubble_rate:11.1%}"
-            f"  {peak:11g}  {peak / base_peak:6.2f}x"
+            f"  {peak:17g}  {peak / base_peak:6.2f}x"
         )
     return "\n".join(lines)
 
@@ -60,8 +53,8 @@ def metrics_table(schedules: list[Schedule], baseline: str = BASELINE) -> str:
 def compare(cost: dict[str, float]) -> list[Schedule]:
     """Print the side-by-side table for one set of pass costs."""
     costs = ", ".join(f"{op}={c:g}" for op, c in cost.items())
-    print(f"\n{DEVICES} devices, {MICROBATCHES} microbatches, costs {costs}, comm 0:")
-    schedules, skipped = generate_all(DEVICES, MICROBATCHES, cost)
+    print(f"\n{DEVICES} devices, {MICROBATCHES} microbatches, {2 * DEVICES} chunks of {costs}, comm 0:")
+    schedules, skipped = same_model_schedules(DEVICES, MICROBATCHES, cost, chunks=CHUNKS)
     print(metrics_table(schedules))
     for note in skipped:
         print(f"  (skipped {note})")
@@ -80,7 +73,7 @@ def draw(schedule: Schedule, out_dir: Path = OUT) -> Path:
 
 def fastest_under(devices: int, microbatches: int, cap: float) -> tuple[Schedule, Schedule]:
     """The fastest schedule whose peak is at most `cap` x 1F1B's, and 1F1B itself."""
-    schedules, _ = generate_all(devices, microbatches, EQUAL_COST)
+    schedules, _ = same_model_schedules(devices, microbatches, EQUAL_COST, chunks=CHUNKS)
     baseline = next(s for s in schedules if s.name == "1f1b")
     limit = cap * max(baseline.metrics.peak_memory)
     fitting = [s for s in schedules if max(s.metrics.peak_memory) <= limit + 1e-9]
@@ -128,18 +121,22 @@ def train(devices: int = DEVICES, microbatches: int = MICROBATCHES, cap: float =
     print(f"largest rank: {chosen.name} {ours / 1024:.1f} KiB = {ours / theirs:.2f}x of 1F1B's {theirs / 1024:.1f} KiB")
 
 
-def main() -> None:
+def main(training: bool = True) -> None:
     compare({"F": 1, "B": 1, "W": 1})
     schedules = compare({"F": 3, "B": 4, "W": 2})
     best = min(schedules, key=lambda s: s.metrics.makespan)
     print(f"picture written to {draw(best)}")
-    train()
+    if training:
+        train()
 
 
 @command()
-def demo() -> None:
-    """Compare every schedule on 4 devices and 8 microbatches, draw the fastest, train one on 4 CPU ranks.
+def demo(
+    training: Annotated[bool, typer.Option("--train/--no-train", help="End by training on 4 CPU ranks.")] = True,
+) -> None:
+    """Compare every schedule on one model, draw the fastest, train with one.
 
-    Example: pipesynth demo
+    4 devices, 8 microbatches; the training needs torch (30 steps, 4 CPU ranks).
+    Example: pipesynth demo --no-train
     """
-    main()
+    main(training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Annotated
 import typer
 
 from pipesynth.cli import command
-from pipesynth.cli.build import summary
+from pipesynth.cli.check import summary
 from pipesynth.cli.options import parse_cost, parse_numbers
 from pipesynth.core.problem import PLACEMENTS, Problem, make_problem, parse_cap
+from pipesynth.core.units import format_time
 from pipesynth.errors import InfeasibleError, PipesynthError
 from pipesynth.formats.schedule_json import dumps, load_problem, save
 from pipesynth.solver import ProgressEvent, SolveResult, SolverParams
@@ -66,16 +68,22 @@ def build_problem(
 
 
 class _Printer:
-    """Progress lines on stderr; new-best lines at most twice a second."""
+    """Progress lines on stderr; new-best lines only when better than the last printed, at most twice a second.
+
+    (CP-SAT's first solution is its hint, the best start already printed: it is not news.)
+    """
 
     def __init__(self) -> None:
         self.last = 0.0
+        self.best = math.inf
 
     def __call__(self, event: ProgressEvent) -> None:
         now = time.monotonic()
-        if event.message == "better schedule" and now - self.last < 0.5:
+        if event.message == "better schedule" and (now - self.last < 0.5 or event.makespan >= self.best - 1e-9):
             return
         self.last = now
+        if event.makespan is not None:
+            self.best = min(self.best, event.makespan)
         typer.echo(str(event), err=True)
 
 
@@ -149,8 +157,9 @@ def solve(
     else:
         save(result.schedule, output)
     where = "" if output is None else f" -> {output}"
+    bound = format_time(result.lower_bound, problem.units)
     typer.echo(
-        f"{summary(result.schedule)}{where}\n{result.status}: lower bound {result.lower_bound:g},"
+        f"{summary(result.schedule)}{where}\n{result.status}: lower bound {bound},"
         f" gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
         err=True,
     )
