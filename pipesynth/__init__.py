@@ -4,7 +4,7 @@ The core (this package) never imports torch: the executor lives in
 `pipesynth.runtime` and depends on the core, never the reverse.
 """
 
-__version__ = "0.1.0"
+import logging
 
 from pipesynth.core.problem import Problem, make_problem, one_f_one_b_peak, parse_cap, placement_for
 from pipesynth.core.schedule import Action, Metrics, Schedule
@@ -12,6 +12,11 @@ from pipesynth.core.simulate import Simulation, simulate
 from pipesynth.core.validate import find_violations, validate
 from pipesynth.errors import InfeasibleError, InvalidScheduleError, PipesynthError, ScheduleFormatError
 from pipesynth.formats.schedule_json import load, load_problem, save
+
+__version__ = "0.1.0"
+
+# The library logs to `pipesynth.*` loggers and configures none: an application (our CLI) does.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Action",

@@ -18,17 +18,13 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
 
+from pipesynth.construct import TORCH_NAMES
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.torch_csv import to_torch_csv
 
-# Our generator name -> torch's class running the same algorithm (stage placement included).
-TORCH_EQUIVALENTS: dict[str, str] = {
-    "gpipe": "ScheduleGPipe",
-    "1f1b": "Schedule1F1B",
-    "interleaved-1f1b": "ScheduleInterleaved1F1B",
-    "zb-v": "ScheduleZBVZeroBubble",
-}
+# Our generator name -> torch's class running the same algorithm (the one table: construct.TORCH_NAMES).
+TORCH_EQUIVALENTS: dict[str, str] = {ours: theirs for theirs, ours in TORCH_NAMES.items()}
 
 
 def missing(name: str | None = None) -> str | None:

@@ -8,6 +8,7 @@ the same batches.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import nn
 
 from pipesynth.core.schedule import Schedule
@@ -26,6 +28,7 @@ from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt
 
 MODELS = ("tiny-gpt",)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
     losses: list[float] = []
     seconds: list[float] = []
     peak = 0
+    progress = StepProgress(cfg.steps) if cfg.progress else None
     for step in range(cfg.steps):
         x, y = data.batch(step, batch, cfg.gpt.seq_len)
         optimizer.zero_grad(set_to_none=True)
@@ -87,8 +91,8 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
         optimizer.step()
         if loss is not None:
             losses.append(loss.item())
-            if cfg.progress:
-                _progress(step + 1, cfg.steps, losses, seconds)
+            if progress is not None:
+                progress.step(step + 1, losses[-1], sum(seconds) / len(seconds))
     report: dict[str, Any] = {
         "rank": rank,
         "stages": sorted(mine),
@@ -105,13 +109,28 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
     return report
 
 
-def _progress(step: int, steps: int, losses: list[float], seconds: list[float]) -> None:
-    width = 24
-    done = width * step // steps
-    bar = "#" * done + "." * (width - done)
-    line = f"\r  [{bar}] step {step}/{steps}  loss {losses[-1]:.4f}  {sum(seconds) / len(seconds):.3f} s/step"
-    sys.stdout.write(line + ("\n" if step == steps else ""))
-    sys.stdout.flush()
+class StepProgress:
+    """Training progress of the rank that sees the loss: a live bar (rich) on a terminal, else a
+    `pipesynth.runtime.train` log line per step, so logs get whole lines and no carriage returns."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.bar: Progress | None = None
+
+    def step(self, step: int, loss: float, seconds_per_step: float) -> None:
+        status = f"loss {loss:.4f}  {seconds_per_step:.3f} s/step"
+        if not sys.stdout.isatty():
+            log.info("step %d/%d  %s", step, self.steps, status)
+            return
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("  step"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}")
+            )
+            self.task = self.bar.add_task("train", total=self.steps, status="")
+            self.bar.start()
+        self.bar.update(self.task, completed=step, status=status)
+        if step == self.steps:
+            self.bar.stop()
 
 
 def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None) -> dict[str, Any]:

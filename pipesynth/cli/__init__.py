@@ -2,12 +2,16 @@
 
 Each feature keeps its commands in its own module here and registers them on
 `app` with `@command`, which turns a PipesynthError into a one-line message
-on stderr and exit code 2, never a traceback.
+on stderr and exit code 2, never a traceback. The app takes `-h` as well as
+`--help`, `--version`, and `--log-level` for the library's `pipesynth.*`
+loggers (configured here, never by the library). Help is click's plain
+layout: it wraps to the terminal and never truncates an option name.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +19,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from pipesynth import __version__
 from pipesynth.errors import PipesynthError
 
 
@@ -45,11 +50,57 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(
     name="pipesynth",
     cls=OneLineErrors,
-    help="Plan, check, draw and run pipeline-parallel training schedules.",
+    help="Plan, check, draw and run pipeline-parallel training schedules.\n\n"
+    "Every command takes -h with an example; bad input exits 2 with one `error:` line.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (tests and callers may swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def configure_logging(level: str) -> None:
+    """Send the `pipesynth.*` loggers to stderr at `level` (messages alone; with names at debug)."""
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s" if level == "debug" else "%(message)s"))
+    logger = logging.getLogger("pipesynth")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pipesynth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."
+    ),
+    log_level: str = typer.Option(
+        "info", "--log-level", help=f"Library messages to show: {', '.join(LOG_LEVELS)}.", callback=configure_logging
+    ),
+) -> None:
+    """Options of every command: version and library logging."""
 
 
 def fail(message: str) -> typer.Exit:

@@ -13,7 +13,7 @@ from pipesynth.analysis.render import Bar, gantt_figure, gantt_text
 from pipesynth.cli import command
 from pipesynth.cli.check import summary
 from pipesynth.cli.options import parse_cap_option, parse_cost, parse_numbers
-from pipesynth.construct import GENERATORS, generate, problem_for
+from pipesynth.construct import GENERATORS, TORCH_NAMES, generate, problem_for
 from pipesynth.construct.blocks import Block, lifespans, memory_bound
 from pipesynth.construct.vshape import BLOCKS, v_block
 from pipesynth.core.units import format_time, memory_label, time_label
@@ -41,7 +41,9 @@ def schedule(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here, not stdout.")] = None,
 ) -> None:
-    """Generate a schedule with a named generator and write it as JSON.
+    """Generate a schedule with a named generator, as JSON.
+
+    NAME is ours (`pipesynth list`) or torch's class name (Schedule1F1B, ...).
 
     Example: pipesynth schedule zb-h1 -d 4 -m 8 --cost F=3,B=4,W=2 -o zb-h1.json
     """
@@ -68,7 +70,7 @@ def schedule(
 
 @command("list")
 def list_generators() -> None:
-    """List the schedule generators with their placement and backward mode.
+    """List the generators, their placement and backward mode.
 
     Example: pipesynth list
     """
@@ -77,6 +79,8 @@ def list_generators() -> None:
     for gen in GENERATORS.values():
         backward = "split" if gen.split_backward else "fused"
         typer.echo(f"{gen.name.ljust(width)}  {gen.placement.ljust(9)}  {backward.ljust(8)}  {gen.summary}")
+    aliases = ", ".join(f"{theirs} = {ours}" for theirs, ours in TORCH_NAMES.items() if ours in GENERATORS)
+    typer.echo(f"torch's names are accepted too: {aliases}")
 
 
 def block_bars(block: Block) -> list[list[Bar]]:
@@ -108,7 +112,10 @@ def block(
     comm: Annotated[float, typer.Option("--comm", help="Latency of a send between devices.", min=0)] = 0.0,
     out: Annotated[Path | None, typer.Option("--out", help="Also draw the block to this PNG or SVG.")] = None,
 ) -> None:
-    """Draw one microbatch's building block and print T, lifespans and the memory bound.
+    """Draw a building block: T, lifespans, memory bound.
+
+    One microbatch's block (docs/design.md section 3), with its interval T,
+    each stage's lifespan and each device's memory bound (Eq. 1).
 
     Example: pipesynth block v-half --devices 4 --cost F=3,B=4,W=2
     """
@@ -137,7 +144,7 @@ def pareto(
     ] = False,
     solve_time: Annotated[float, typer.Option("--solve-time", help="Seconds per solved cap.", min=0.1)] = 10.0,
 ) -> None:
-    """Peak memory against bubble rate of every schedule family on one model.
+    """Peak memory against bubble rate of every schedule.
 
     The model has 2D chunks of the given costs and 1 chunk unit of activation
     each: a V stage is one chunk, a linear stage two (docs/design.md section 2).

@@ -36,7 +36,9 @@ def summary(schedule: Schedule) -> str:
 
 @command()
 def validate(file: Path = FILE) -> None:
-    """Check a schedule against every rule; list what is wrong, exit 2 if anything is.
+    """Check a schedule against every rule; list what breaks.
+
+    Exit code 2 when anything does.
 
     Example: pipesynth validate schedules/v-half-d4-m8.json
     """
@@ -54,7 +56,9 @@ def simulate(
     file: Path = FILE,
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
-    """Time a schedule with list scheduling and print makespan, bubble rate, peak memory.
+    """Time a schedule: makespan, bubble rate, peak memory.
+
+    List scheduling (docs/design.md section 2), figures in the problem's units.
 
     Example: pipesynth simulate schedules/v-half-d4-m8.json --json
     """
@@ -90,7 +94,9 @@ def show(
         bool | None, typer.Option("--color/--no-color", help="ANSI colors (default: on a terminal).")
     ] = None,
 ) -> None:
-    """Draw a schedule as a Gantt chart in the terminal, and as an image with --out.
+    """Draw a schedule as a Gantt chart (terminal, PNG, SVG).
+
+    In the terminal, and as an image with --out.
 
     Example: pipesynth show zb-h1.json --out zb-h1.png
     """

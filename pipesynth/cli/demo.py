@@ -134,7 +134,7 @@ def main(training: bool = True) -> None:
 def demo(
     training: Annotated[bool, typer.Option("--train/--no-train", help="End by training on 4 CPU ranks.")] = True,
 ) -> None:
-    """Compare every schedule on one model, draw the fastest, train with one.
+    """Compare every schedule, draw the fastest, train one.
 
     4 devices, 8 microbatches; the training needs torch (30 steps, 4 CPU ranks).
     Example: pipesynth demo --no-train

@@ -39,8 +39,10 @@ NAME = typer.Option(None, "--name", help="Schedule name (default: the CSV file's
 
 @command()
 def export(file: Path = SCHEDULE, to: ExportFormat = TO, output: Path | None = OUTPUT) -> None:
-    """Write a schedule in another tool's format: torch-csv is the compute-only CSV that
-    torch.distributed.pipelining's _PipelineScheduleRuntime._load_csv reads.
+    """Write a schedule as torch's compute-only CSV.
+
+    torch-csv is the CSV that torch.distributed.pipelining's
+    _PipelineScheduleRuntime._load_csv reads.
 
     Example: pipesynth export schedules/zb-h1-d4-m8.json --to torch-csv -o zb-h1.csv
     """
@@ -60,8 +62,10 @@ def import_(
     activation: str = ACTIVATION,
     name: str | None = NAME,
 ) -> None:
-    """Read a torch.distributed.pipelining compute-only CSV into a schedule file: stage placement from the
-    rank holding each stage, split backward if any I/W cell; costs as for the generators (B and W fused for B cells).
+    """Read torch's compute-only CSV into a schedule file.
+
+    Stage placement from the rank holding each stage, split backward if any
+    I/W cell; costs as for the generators (B and W fused for B cells).
 
     Example: pipesynth import zb-h1.csv -o zb-h1.json --cost F=1,B=1,W=1
     """

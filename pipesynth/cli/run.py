@@ -32,7 +32,9 @@ def train(
     timeout: float = typer.Option(60.0, help="Seconds any rank may wait on a peer before all ranks stop."),
     report: Path = REPORT,
 ) -> None:
-    """Train a model with a schedule on this machine's ranks; print losses and peak activation memory.
+    """Train the tiny GPT with a schedule on local ranks.
+
+    Prints the losses and each rank's peak activation memory.
 
     Example: pipesynth train schedules/1f1b-d4-m8.json --steps 20 --report run.json
     """
@@ -79,7 +81,10 @@ def profile(
     device: str = typer.Option("cpu", help="cpu, or cuda (the stages run on the current GPU)."),
     comm: float = typer.Option(None, help="P2P latency in us; default: measure it between two local ranks."),
 ) -> None:
-    """Profile each stage's F, B, W times and activation bytes; write the planning problem.
+    """Profile stage times and activation bytes into a problem.
+
+    Each stage's F, B, W times (us) and activation bytes, written as the
+    planning problem that `pipesynth solve --problem` reads.
 
     Example: pipesynth profile --devices 2 --placement v --microbatches 8 -o problem.json
     """

@@ -67,7 +67,7 @@ def build_problem(
     return problem
 
 
-class _Printer:
+class ProgressPrinter:
     """Progress lines on stderr; new-best lines only when better than the last printed, at most twice a second.
 
     (CP-SAT's first solution is its hint, the best start already printed: it is not news.)
@@ -116,7 +116,9 @@ def solve(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here, not stdout.")] = None,
 ) -> None:
-    """Find a fast schedule under a memory cap with CP-SAT, and say how far from optimal it can be.
+    """Find a fast schedule under a memory cap (CP-SAT).
+
+    It says how far from optimal the schedule can be (a proven lower bound).
 
     Ctrl-C stops the search and writes the best schedule found so far (exit 130).
     Example: pipesynth solve -d 8 -m 32 --placement v --memory 0.5x --cost F=3,B=4,W=2 -t 30 -o out.json
@@ -130,7 +132,9 @@ def solve(
 
     def work() -> None:
         try:
-            outcome["result"] = run_solver(problem, time_limit, params=params, progress=None if quiet else _Printer())
+            outcome["result"] = run_solver(
+                problem, time_limit, params=params, progress=None if quiet else ProgressPrinter()
+            )
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
         finally:

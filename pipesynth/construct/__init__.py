@@ -40,12 +40,44 @@ def register(name: str, summary: str, placement: str, split_backward: bool = Tru
     return wrap
 
 
+#: torch.distributed.pipelining's schedule classes -> our generator building the same schedule
+#: (placement included). They are accepted wherever a generator name is; adding one is one line.
+TORCH_NAMES: dict[str, str] = {
+    "ScheduleGPipe": "gpipe",
+    "Schedule1F1B": "1f1b",
+    "ScheduleInterleaved1F1B": "interleaved-1f1b",
+    "ScheduleZBVZeroBubble": "zb-v",
+    "ScheduleDualPipeV": "dualpipev",
+}
+#: torch's classes with no twin here -> what to use instead.
+TORCH_WITHOUT_TWIN: dict[str, str] = {
+    "ScheduleLoopedBFS": "interleaved-1f1b (the same placement, depth-first) or `pipesynth solve --placement loop`",
+    "ScheduleInterleavedZeroBubble": "zb-h1, zb-v, or `pipesynth solve --placement loop` (split backward)",
+}
+
+
+def canonical_name(name: str) -> str:
+    """Our generator name for `name`, which may also be one of torch's class names (any case)."""
+    for torch_name, ours in TORCH_NAMES.items():
+        if torch_name.lower() == name.lower():
+            if ours not in GENERATORS:
+                raise PipesynthError(f"schedule: {torch_name} is torch's name for {ours}, which this version lacks")
+            return ours
+    for torch_name, instead in TORCH_WITHOUT_TWIN.items():
+        if torch_name.lower() == name.lower():
+            raise PipesynthError(f"schedule: torch's {torch_name} has no generator here; use {instead}")
+    return name
+
+
 def get_generator(name: str) -> Generator:
+    """The generator called `name` (ours, or torch's class name for it)."""
     try:
-        return GENERATORS[name]
+        return GENERATORS[canonical_name(name)]
     except KeyError:
         known = ", ".join(sorted(GENERATORS))
-        raise PipesynthError(f"schedule: unknown generator {name!r}; available: {known}") from None
+        raise PipesynthError(
+            f"schedule: unknown generator {name!r}; available: {known} (or torch's names, e.g. Schedule1F1B)"
+        ) from None
 
 
 def problem_for(

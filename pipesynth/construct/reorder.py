@@ -18,6 +18,7 @@ never letting a device's memory exceed its cap:
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from pipesynth.core.rules import (
 from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import from_order
 from pipesynth.errors import InfeasibleError
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-9
 Order = list[list[PassKey]]
@@ -271,10 +274,14 @@ def shortest(
     best: Schedule | None = None
     for label, order in candidates:
         s = from_order(problem, order, name, reorder=label, **provenance)
-        if limit is not None and any(pk > c + EPS for pk, c in zip(s.metrics.peak_memory, limit)):
+        over = limit is not None and any(pk > c + EPS for pk, c in zip(s.metrics.peak_memory, limit))
+        log.debug("%s: candidate %s, makespan %g%s", name, label, s.metrics.makespan, " (over the cap)" if over else "")
+        if over:
             continue
         if best is None or s.metrics.makespan < best.metrics.makespan - EPS:
             best = s
+    if best is not None:
+        log.debug("%s: %s wins, makespan %g", name, best.provenance.get("reorder"), best.metrics.makespan)
     if best is None:
         caps = "/".join(f"{c:g}" for c in limit) if limit is not None else "none"
         raise InfeasibleError(f"{name}: no order fits the memory cap ({caps} per device)")
