@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, LOCAL_RANK's GPU)")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # an entry point: the progress lines
     cfg = TrainConfig(steps=args.steps, seed=args.seed, device=args.device, timeout=args.timeout, progress=True)
     rank, world, device = init_from_env(args.device, args.timeout)
     try:
