@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from pipesynth.analysis.pareto import ParetoPoint, mark_frontier, pareto_points
+from pipesynth.analysis.pareto import ParetoPoint, mark_frontier, pareto_points, same_model_schedules
 from pipesynth.cli import app
 
 
@@ -79,5 +79,7 @@ def test_frontier_is_the_non_dominated_points():
 
 
 def test_pareto_points_skip_generators_that_refuse():
-    points, skipped = pareto_points(1, 4)  # V-shape needs 2 devices
+    schedules, skipped = same_model_schedules(1, 4)  # V-shape needs 2 devices
+    points = pareto_points(schedules)
     assert "v-half" not in {p.name for p in points} and any(s.startswith("v-half:") for s in skipped)
+    assert {p.name for p in points} == {s.name for s in schedules} and "1f1b" in {p.name for p in points}

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import re
+from pathlib import Path
 
 import pytest
 from typer.main import get_command
@@ -106,3 +108,11 @@ def test_training_progress_off_a_terminal_is_whole_log_lines(capsys, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         f"step {s}/3  loss {4.0 - s:.4f}  0.500 s/step" for s in (1, 2, 3)
     ]
+
+
+def test_help_examples_name_files_that_exist():
+    root = Path(__file__).resolve().parents[1]
+    for name in COMMANDS:
+        example = next(line for line in run(name, "-h").stdout.splitlines() if "Example: pipesynth" in line)
+        for path in re.findall(r"\b(?:schedules|examples)/\S+", example):
+            assert (root / path).exists(), (name, path)

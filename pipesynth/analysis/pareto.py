@@ -75,18 +75,6 @@ def same_model_problem(
     return problem_for(name, devices, microbatches, chunks=chunks, cost=per_stage, comm=comm, activation=k)
 
 
-def same_model_schedule(
-    name: str,
-    devices: int,
-    microbatches: int,
-    cost: dict[str, float] | None = None,
-    comm: float = 0.0,
-    chunks: int = 2,
-) -> Schedule:
-    """Run generator `name` on the model whose device share costs `cost` (see module doc)."""
-    return get_generator(name).build(same_model_problem(name, devices, microbatches, cost, comm, chunks))
-
-
 def same_model_schedules(
     devices: int,
     microbatches: int,
@@ -99,27 +87,16 @@ def same_model_schedules(
     schedules, skipped = [], []
     for name in names if names is not None else GENERATORS:
         try:
-            schedules.append(same_model_schedule(name, devices, microbatches, cost, comm, chunks))
+            problem = same_model_problem(name, devices, microbatches, cost, comm, chunks)
+            schedules.append(get_generator(name).build(problem))
         except PipesynthError as err:
             skipped.append(f"{name}: {err}")
     return schedules, skipped
 
 
-def pareto_points(
-    devices: int,
-    microbatches: int,
-    cost: dict[str, float] | None = None,
-    comm: float = 0.0,
-    names: Iterable[str] | None = None,
-    chunks: int = 2,
-) -> tuple[list[ParetoPoint], list[str]]:
-    """Points of every registered generator (or `names`), and a note per one that cannot run this case.
-
-    Other point sources (a solver) can add their own points and call
-    `mark_frontier` again.
-    """
-    schedules, skipped = same_model_schedules(devices, microbatches, cost, comm, names, chunks)
-    return mark_frontier([point_of(s) for s in schedules]), skipped
+def pareto_points(schedules: Iterable[Schedule]) -> list[ParetoPoint]:
+    """The schedules' points, the frontier marked; other sources (a solver) can add points and mark again."""
+    return mark_frontier([point_of(s) for s in schedules])
 
 
 def mark_frontier(points: list[ParetoPoint]) -> list[ParetoPoint]:

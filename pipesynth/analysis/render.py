@@ -214,7 +214,7 @@ def gantt_figure(
     divisor, unit = time_scale(span, units)
     if divisor != 1:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x / divisor:g}"))
-    ax.set_xlabel(f"time ({MICRO if unit == 'us' else unit})")
+    ax.set_xlabel("time, in units of the pass costs" if units is None else f"time ({MICRO if unit == 'us' else unit})")
     if title:
         ax.set_title(title)
     several_chunks = len({c for _, c in used}) > 1

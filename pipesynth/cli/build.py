@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipesynth.analysis.pareto import mark_frontier, pareto_figure, pareto_points, pareto_table
+from pipesynth.analysis.pareto import mark_frontier, pareto_figure, pareto_points, pareto_table, same_model_schedules
 from pipesynth.analysis.render import Bar, gantt_figure, gantt_text
 from pipesynth.cli import command
 from pipesynth.cli.check import summary
@@ -151,7 +151,8 @@ def pareto(
     With --solve, the solver's schedules at a sweep of caps join the table and plot.
     Example: pipesynth pareto --devices 8 --microbatches 32 --cost F=3,B=4,W=2 --out pareto.png
     """
-    points, skipped = pareto_points(devices, microbatches, parse_cost(cost), comm)
+    schedules, skipped = same_model_schedules(devices, microbatches, parse_cost(cost), comm)
+    points = pareto_points(schedules)
     if solve:
         from pipesynth.analysis.pareto import solver_points  # OR-Tools only when asked
 

@@ -40,7 +40,7 @@ def validate(file: Path = FILE) -> None:
 
     Exit code 2 when anything does.
 
-    Example: pipesynth validate schedules/v-half-d4-m8.json
+    Example: pipesynth validate schedules/zb-h1-d4-m8.json
     """
     schedule = load(file)
     violations = find_violations(schedule)
@@ -60,7 +60,7 @@ def simulate(
 
     List scheduling (docs/design.md section 2), figures in the problem's units.
 
-    Example: pipesynth simulate schedules/v-half-d4-m8.json --json
+    Example: pipesynth simulate schedules/zb-h1-d4-m8.json --json
     """
     schedule = load(file)
     violations = find_violations(schedule)
