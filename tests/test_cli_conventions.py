@@ -74,7 +74,17 @@ def test_an_alias_is_one_entry_in_the_table(monkeypatch):
     assert result.exit_code == 2 and "torch's name for not-yet, which this version lacks" in result.stderr
 
 
-def test_library_logging_is_configured_by_the_cli_only():
+@pytest.fixture
+def pipesynth_logger():
+    """The `pipesynth` logger as it was, restored after the test (the CLI reconfigures it)."""
+    logger = logging.getLogger("pipesynth")
+    level, handlers = logger.level, list(logger.handlers)
+    yield logger
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+
+
+def test_library_logging_is_configured_by_the_cli_only(pipesynth_logger):
     quiet = run("schedule", "v-half", "-d", 3, "-m", 3)
     assert "candidate" not in quiet.stderr
     loud = run("--log-level", "debug", "schedule", "v-half", "-d", 3, "-m", 3)
