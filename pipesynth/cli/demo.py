@@ -103,7 +103,7 @@ def train(devices: int = DEVICES, microbatches: int = MICROBATCHES, cap: float =
     print(
         f"\nPlanned for {devices} ranks under {cap:g}x of 1F1B's activation memory: {chosen.name} "
         f"(makespan {m.makespan:g} vs 1F1B {baseline.metrics.makespan:g}, "
-        f"peak {max(m.peak_memory):g} vs {max(baseline.metrics.peak_memory):g})"
+        f"peak {max(m.peak_memory):g} vs {max(baseline.metrics.peak_memory):g} chunk units)"
     )
     print(gantt_text(schedule_bars(chosen)))
     cfg = TrainConfig(steps=steps, microbatch_size=2, gpt=GPTConfig(), progress=True)
