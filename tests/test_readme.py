@@ -77,3 +77,11 @@ def test_readme_command_runs_as_typed(workdir, command):
     proc = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_python_blocks_are_valid_python():
+    """They use the reader's own model and data (`stages`, `loss_fn`), so they are compiled, not run."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert blocks
+    for code in blocks:
+        compile(code, "README.md", "exec")
