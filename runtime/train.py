@@ -81,7 +81,7 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
             if not math.isfinite(loss.item()):
                 raise ValueError(f"step {step}: the loss is {loss.item()}")
         else:
-            loss = executor.step(x, y)
+            loss = executor.step(x, target=y)
             seconds.append(executor.stats.seconds)
             peak = max(peak, executor.stats.peak_bytes)
         optimizer.step()

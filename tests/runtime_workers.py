@@ -75,7 +75,7 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
             ref_loss.backward()
             opt.zero_grad()
             ready.clear()
-            loss = executor.step(x, y)
+            loss = executor.step(x, target=y)
             hook_ok &= sorted(ready) == sorted(mine) and all(
                 (a is None and p.grad is None) or (a is not None and torch.equal(a, p.grad))
                 for s, mod in mine.items()
@@ -148,9 +148,9 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
         if fault == "stall-watchdog":
             executor.nccl = True  # the NCCL wait path on gloo: wait() then the watchdog (gloo's wait blocks)
         if fault.startswith("stall"):
-            executor.step(x, y)  # a first step goes through, so the time-out hits a pass, not the set-up
+            executor.step(x, target=y)  # a first step goes through, so the time-out hits a pass, not the set-up
             Stall.armed = True
-        executor.step(x, y)
+        executor.step(x, target=y)
     except PipelineError as err:
         if fault in ("wrong-stages", "world"):
             return str(err)
@@ -214,7 +214,7 @@ def phase_run(rank, world, device, schedule_text):
 
         setattr(executor, name, traced)
     m = schedule.problem.microbatches
-    executor.step(torch.randn(m, 4, dtype=torch.float64), torch.randn(m, 4, dtype=torch.float64))
+    executor.step(torch.randn(m, 4, dtype=torch.float64), target=torch.randn(m, 4, dtype=torch.float64))
     grads = {s: mod.w.grad is not None for s, mod in mine.items()}
     return CALLS, grads
 
@@ -250,7 +250,7 @@ def leftover_run(rank, world, device, schedule_text, steps=3):
         mine = {s: TanhStage() for s in schedule.problem.stages_on(rank)}
         executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=20, track_memory=track)
         for _ in range(steps):
-            executor.step(torch.randn(m, 4, dtype=torch.float64), torch.randn(m, 4, dtype=torch.float64))
+            executor.step(torch.randn(m, 4, dtype=torch.float64), target=torch.randn(m, 4, dtype=torch.float64))
             history = any(p.grad.requires_grad for mod in mine.values() for p in mod.parameters())
             out.append((executor.meter.level if track else 0, history))
     return sorted(executor._graph_split), out

@@ -72,7 +72,7 @@ def _run_plan(rank, world, device, text):
     x, y = sample(schedule.problem.stages)
     m = schedule.problem.microbatches
     for _ in range(2):
-        executor.step(x.repeat(m, 1), y.repeat(m, 1))
+        executor.step(x.repeat(m, 1), target=y.repeat(m, 1))
     return executor.stats.peak_bytes
 
 
