@@ -142,8 +142,10 @@ class PipelineExecutor:
         self.keep_outputs = keep_outputs
         self.last_outputs: Any = None
         self.modules = dict(stage_modules)
-        self.device = torch.device(device) if device is not None else _device_of(self.modules)
+        self.device = torch.device(device) if device is not None else device_of(self.modules)
         self.nccl = dist.get_backend(group) == "nccl"
+        if scaler is not None:  # its scale exists from the first scale() on: make it on every rank, for step()
+            scaler.scale(torch.zeros((), device=self.device))
         self._watchdog = Watchdog(self.rank, timeout)  # its thread starts with the first NCCL wait
         weakref.finalize(self, self._watchdog.stop)
         self._in_flight: list[tuple[dist.Work, torch.Tensor]] = []  # NCCL sends waited on, maybe not done
@@ -361,7 +363,9 @@ class PipelineExecutor:
         """
         return self._run(inputs, kwargs, target, train=True, losses=losses)
 
-    def eval_step(self, *inputs: Any, target: Any = None, **kwargs: Any) -> EvalResult | None:
+    def eval_step(
+        self, *inputs: Any, target: Any = None, losses: list[torch.Tensor] | None = None, **kwargs: Any
+    ) -> EvalResult | None:
         """Forward passes only (each rank's F actions in its schedule order), under torch.no_grad.
 
         Arguments as for `step`. On the last stage's rank: the mean loss (if
@@ -369,7 +373,7 @@ class PipelineExecutor:
         merged over the microbatches (payload.merge); None elsewhere.
         """
         with torch.no_grad():
-            loss = self._run(inputs, kwargs, target, train=False, losses=None)
+            loss = self._run(inputs, kwargs, target, train=False, losses=losses)
         if self.last_stage not in self.modules:
             return None
         return EvalResult(loss, self.last_outputs)
@@ -607,7 +611,8 @@ class PipelineExecutor:
         return float(peak)
 
 
-def _device_of(modules: dict[int, nn.Module]) -> torch.device:
+def device_of(modules: dict[int, nn.Module]) -> torch.device:
+    """The device of the first parameter of the modules (CPU if they have none)."""
     for module in modules.values():
         for p in module.parameters():
             return p.device
