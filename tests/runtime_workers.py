@@ -95,6 +95,17 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
     return results
 
 
+def solved(devices: int, microbatches: int) -> str:
+    """A CP-SAT schedule: V placement, unequal costs, capped at 0.75x of 1F1B's memory."""
+    from pipesynth.core.problem import make_problem, parse_cap
+    from pipesynth.formats.schedule_json import dumps
+    from pipesynth.solver import solve
+
+    problem = make_problem(devices, microbatches, "v", cost={"F": 3, "B": 4, "W": 2})
+    problem = problem.with_cap(parse_cap("0.75x", problem))
+    return dumps(solve(problem, time_limit=2, workers=1, deterministic=True).schedule)
+
+
 def random_order(problem, seed: int):
     """A random valid schedule (see orders.random_valid_order)."""
     import random

@@ -17,25 +17,17 @@ from runtime_workers import (  # noqa: E402
     peer_fails_run,
     phase_run,
     random_order,
+    solved,
 )
 
 from pipesynth.construct import GENERATORS, generate  # noqa: E402
-from pipesynth.core.problem import make_problem, parse_cap  # noqa: E402
+from pipesynth.core.problem import make_problem  # noqa: E402
 from pipesynth.formats.schedule_json import dumps  # noqa: E402
 from pipesynth.runtime.launch import LaunchError, launch  # noqa: E402
 from pipesynth.runtime.p2p import messages, rank_ops  # noqa: E402
 from pipesynth.runtime.split import deferring, make_splittable  # noqa: E402
 
 TOL = 1e-10  # float64
-
-
-def solved(devices: int, microbatches: int) -> str:
-    """A CP-SAT schedule: V placement, unequal costs, capped at 0.75x of 1F1B's memory."""
-    from pipesynth.solver import solve
-
-    problem = make_problem(devices, microbatches, "v", cost={"F": 3, "B": 4, "W": 2})
-    problem = problem.with_cap(parse_cap("0.75x", problem))
-    return dumps(solve(problem, time_limit=2, workers=1, deterministic=True).schedule)
 
 
 def schedules_for(devices: int, microbatches: int) -> list[str]:
