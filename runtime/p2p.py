@@ -142,29 +142,9 @@ def rank_ops(msgs: list[Message], rank: int, forward_only: bool = False) -> list
     return ops
 
 
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool)
-MAX_DIMS = 8
-
-
 @dataclass(frozen=True)
 class TensorMeta:
-    """Shape and dtype of a tensor that crosses a stage boundary."""
+    """Shape and dtype of a tensor that crosses a stage boundary (the profiler times its P2P latency)."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
-
-    def encode(self, device: torch.device) -> torch.Tensor:
-        if len(self.shape) > MAX_DIMS or self.dtype not in DTYPES:
-            raise PipelineError(f"cannot send a {self.dtype} tensor of shape {self.shape} between stages")
-        dims = list(self.shape) + [0] * (MAX_DIMS - len(self.shape))
-        return torch.tensor([DTYPES.index(self.dtype), len(self.shape), *dims], dtype=torch.int64, device=device)
-
-    @staticmethod
-    def buffer(device: torch.device) -> torch.Tensor:
-        """An empty tensor to receive an encoded TensorMeta into."""
-        return torch.empty(2 + MAX_DIMS, dtype=torch.int64, device=device)
-
-    @staticmethod
-    def decode(t: torch.Tensor) -> TensorMeta:
-        values = t.tolist()
-        return TensorMeta(tuple(values[2 : 2 + values[1]]), DTYPES[values[0]])
