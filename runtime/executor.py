@@ -49,6 +49,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd.graph import get_gradient_edge
 
+from pipesynth.core.problem import placement_kind
 from pipesynth.core.rules import PassKey, memory_change
 from pipesynth.core.schedule import Action, Schedule
 from pipesynth.core.validate import validate
@@ -150,7 +151,7 @@ class PipelineExecutor:
         weakref.finalize(self, self._watchdog.stop)
         self._in_flight: list[tuple[dist.Work, torch.Tensor]] = []  # NCCL sends waited on, maybe not done
         self.meter = ActivationMeter() if track_memory else None
-        self._check(dist.get_world_size(group))
+        self._check()
         # Stages with parameters outside the split layers (and norms, whose weight gradient
         # B computes) split their backward along the autograd graph; it then covers the norms too.
         self._graph_split: dict[int, list[torch.Tensor]] = {}
@@ -173,23 +174,10 @@ class PipelineExecutor:
 
     # ----------------------------------------------------------------- set-up
 
-    def _check(self, world: int) -> None:
+    def _check(self) -> None:
         """Validate the schedule and its fit with the modules; the same error on every rank."""
         validate(self.schedule)
-        p = self.problem
-        if world != p.devices:
-            raise PipelineError(
-                f"rank {self.rank}: the schedule has {p.devices} devices but the world has {world} ranks"
-            )
-        held: list[list[int] | None] = [None] * world
-        dist.all_gather_object(held, sorted(self.modules), group=self.group)
-        for r, stages in enumerate(held):
-            expected = p.stages_on(r)
-            if stages != expected:
-                raise PipelineError(
-                    f"rank {self.rank}: rank {r} was given modules for stages {stages}, "
-                    f"but the schedule places stages {expected} on it ({p.stages} stages in all)"
-                )
+        check_placement(self.schedule, sorted(self.modules), self.group)
 
     def _peer(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
@@ -617,6 +605,31 @@ def device_of(modules: dict[int, nn.Module]) -> torch.device:
         for p in module.parameters():
             return p.device
     return torch.device("cpu")
+
+
+def check_placement(schedule: Schedule, held: list[int], group: dist.ProcessGroup | None = None) -> None:
+    """The same PipelineError on every rank unless each rank holds the stages the schedule places on it."""
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    problem = schedule.problem
+    if world != problem.devices:
+        raise PipelineError(f"rank {rank}: the schedule has {problem.devices} devices but the world has {world} ranks")
+    everyone: list[list[int] | None] = [None] * world
+    dist.all_gather_object(everyone, held, group=group)
+    wrong = [r for r, stages in enumerate(everyone) if stages != problem.stages_on(r)]
+    if not wrong:
+        return
+    r = wrong[0]
+    stage = min(set(everyone[r] or []) ^ set(problem.stages_on(r)))
+    given = {s: q for q, stages in enumerate(everyone) for s in stages or []}
+    whole = sorted(given) == list(range(len(given))) and sum(len(st or []) for st in everyone) == len(given)
+    given_kind = placement_kind([given[s] for s in range(len(given))], world) if whole else "no single"
+    raise PipelineError(
+        f"rank {rank}: stage {stage} does not sit where the schedule puts it: rank {r} was given modules for "
+        f"stages {everyone[r]} ({given_kind} placement), but {schedule.name or 'the schedule'} places stages "
+        f"{problem.stages_on(r)} on it ({placement_kind(problem.placement, world)} placement "
+        f"{list(problem.placement)}, {problem.stages} stages)"
+    )
 
 
 @dataclass

@@ -20,12 +20,11 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
 
-from pipesynth.core.problem import placement_kind
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.torch_csv import to_torch_csv
 from pipesynth.runtime.errors import PipelineError
-from pipesynth.runtime.executor import PipelineExecutor, device_of
+from pipesynth.runtime.executor import PipelineExecutor, check_placement, device_of
 
 # Our generator name -> torch's class running the same algorithm (stage placement included).
 TORCH_EQUIVALENTS: dict[str, str] = {
@@ -234,31 +233,6 @@ def torch_schedule(
     ("pipesynth" or "torch"), device, group, timeout, scaler.
     """
     return TorchCompatibleSchedule(schedule, stages, loss_fn, **options)
-
-
-def check_placement(schedule: Schedule, held: list[int], group: dist.ProcessGroup | None = None) -> None:
-    """The same PipelineError on every rank unless each rank holds the stages the schedule places on it."""
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    problem = schedule.problem
-    if world != problem.devices:
-        raise PipelineError(f"rank {rank}: the schedule has {problem.devices} devices but the world has {world} ranks")
-    everyone: list[list[int] | None] = [None] * world
-    dist.all_gather_object(everyone, held, group=group)
-    given = {s: r for r, stages in enumerate(everyone) for s in stages or []}
-    wrong = [r for r, stages in enumerate(everyone) if stages != problem.stages_on(r)]
-    if not wrong:
-        return
-    r = wrong[0]
-    expected = problem.placement
-    stage = next(iter(sorted(set(everyone[r] or []) ^ set(problem.stages_on(r)))), None)
-    given_kind = placement_kind([given.get(s, -1) for s in range(len(given))], world) if given else "none"
-    raise PipelineError(
-        f"rank {rank}: stage {stage} does not sit where the schedule puts it: rank {r} was given stages "
-        f"{everyone[r]} ({given_kind} placement), but {schedule.name or 'the schedule'} places stages "
-        f"{problem.stages_on(r)} on it ({placement_kind(expected, world)} placement {list(expected)}); "
-        "build the stages with this placement (torchtitan: see `pipesynth export --to torch-csv`)"
-    )
 
 
 def _load_csv_runtime(

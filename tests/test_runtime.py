@@ -119,7 +119,8 @@ def test_a_nan_loss_is_an_error():
 def test_modules_that_do_not_match_the_schedule_fail_on_every_rank():
     messages_ = launch(faulty_run, 2, dumps(generate("1f1b", 2, 2)), "wrong-stages", timeout=10)
     for msg in messages_:
-        assert "rank 1 was given modules for stages [0, 1], but the schedule places stages [1] on it" in msg
+        assert "stage 0 does not sit where the schedule puts it: rank 1 was given modules for stages [0, 1]" in msg
+        assert "but 1f1b places stages [1] on it (linear placement [0, 1], 2 stages)" in msg
     messages_ = launch(faulty_run, 2, dumps(generate("1f1b", 4, 4)), "world", timeout=10)
     for msg in messages_:
         assert "the schedule has 4 devices but the world has 2 ranks" in msg
