@@ -114,6 +114,7 @@ def tree_run(rank, world, device, text):
         for s in mine:
             for p, q in zip(pipe[s].parameters(), ref[s].parameters()):
                 worst_grad = max(worst_grad, (p.grad - q.grad).abs().max().item())
+    leftover = executor.meter.level  # saved bytes still alive after the steps (none: nothing leaked)
     args, kwargs, target = tree_batch(9, 8, 2)
     result = executor.eval_step(*args, target=target, **kwargs)
     eval_err = None
@@ -126,7 +127,7 @@ def tree_run(rank, world, device, text):
                 (result.outputs[2] - expected[2]).abs().max().item(),
             )
         eval_err = (eval_err, tuple(result.outputs[1].shape))  # 0-dim aux losses stacked: one per microbatch
-    return worst_loss, worst_grad, eval_err, sorted(executor._graph_split)
+    return worst_loss, worst_grad, eval_err, sorted(executor._graph_split), leftover
 
 
 class Odd(nn.Module):

@@ -35,9 +35,10 @@ def test_dicts_tuples_integers_no_grad_tensors_and_an_aux_loss_give_single_proce
     per_rank = tree_results[name]
     evals = [r[2] for r in per_rank if r[2] is not None]
     assert len(evals) == 1  # the last stage's rank
-    for rank, (loss_err, grad_err, _, _) in enumerate(per_rank):
+    for rank, (loss_err, grad_err, _, _, leftover) in enumerate(per_rank):
         assert loss_err <= TOL, f"{name}: loss differs by {loss_err} on rank {rank}"
         assert grad_err <= TOL, f"{name}: a gradient differs by {grad_err} on rank {rank}"
+        assert leftover == 0, f"{name}: {leftover} saved bytes outlive the steps on rank {rank}"
     if chunks == 1:  # the middle stage's raw parameter takes the graph split where B and W are split
         assert [1] in [r[3] for r in per_rank]
     eval_err, aux_shape = evals[0]
