@@ -11,10 +11,11 @@ freed by autograd as soon as B ends (docs/design.md section 7). Outside
 `make_splittable(module)` switches the plain torch layers of a module to
 these subclasses in place (same parameters, same state dict).
 
-Under torch.autocast a split Linear casts its input, weight and bias to the
-autocast dtype itself (as autocast's own linear would) and saves the cast
-input; weight gradients are cast to the parameter's dtype when they land in
-`.grad` (gradients keep the parameters' dtype).
+Under torch.autocast a split Linear casts its input to the autocast dtype
+itself and saves that cast input (as autocast's own linear does; the weight's
+cast copy comes from autocast's cache in F and is cast again in B); weight
+gradients are cast to the parameter's dtype when they land in `.grad`
+(gradients keep the parameters' dtype).
 
 LayerNorm is left alone on purpose: its weight gradient is an elementwise
 product and a sum (next to no time), but deferring it would keep its input
@@ -26,7 +27,7 @@ adding some (the held output gradients of the Linears are new memory).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -106,10 +107,7 @@ class _LinearFn(torch.autograd.Function):
         # Parameters ride on ctx, not save_for_backward: W must add into these very objects.
         ctx.save_for_backward(x)
         ctx.weight, ctx.bias, ctx.has_bias, ctx.cast = weight, bias, bias is not None, cast
-        if cast is not None:
-            weight, bias = weight.to(cast), None if bias is None else bias.to(cast)
-        with torch.autocast(x.device.type, enabled=False) if cast is not None else nullcontext():
-            return F.linear(x, weight, bias)
+        return F.linear(x, weight, bias)  # under autocast: the weight's cast copy comes from autocast's cache
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]

@@ -71,6 +71,28 @@ def test_split_layers_give_the_fused_gradients_and_defer_weights():
         assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_split_layers_under_autocast_match_torchs_autocast_linear_bit_for_bit(dtype):
+    """Outputs and gradients equal torch's own Linear under autocast; gradients keep the float32 dtype."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))
+    split = make_splittable(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4)))
+    split.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 8)
+    queue = []
+    with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+        want, got = plain(x), split(x)
+        want.float().sum().backward()
+        with deferring(queue):
+            got.float().sum().backward()
+    for task in queue:
+        task()
+    assert got.dtype == want.dtype == getattr(torch, dtype) and torch.equal(got, want)
+    for p, q in zip(plain.parameters(), split.parameters()):
+        assert q.grad.dtype == torch.float32 and torch.equal(p.grad, q.grad)
+
+
 def test_both_sides_of_every_rank_pair_post_messages_in_the_same_order():
     schedule = random_order(make_problem(3, 4, "v"), seed=5)
     msgs = messages(schedule)
