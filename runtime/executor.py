@@ -53,7 +53,7 @@ from pipesynth.core.problem import placement_kind
 from pipesynth.core.rules import PassKey, memory_change
 from pipesynth.core.schedule import Action, Schedule
 from pipesynth.core.validate import validate
-from pipesynth.runtime.errors import NonFiniteLossError, PipelineError, PipelineTimeoutError
+from pipesynth.runtime.errors import NonFiniteLossError, PipelineError, PipelineStoppedError, PipelineTimeoutError
 from pipesynth.runtime.graph_split import WeightBranches
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.p2p import Message, messages, rank_ops
@@ -264,7 +264,7 @@ class PipelineExecutor:
         content = decode_header(buf)
         self._headers_read.add(msg.index)
         if isinstance(content, str):
-            raise PipelineError(f"rank {self.rank}: stopped by rank {msg.src}: {content}")
+            raise PipelineStoppedError(f"rank {self.rank}: stopped by rank {msg.src}: {content}", msg.src)
         if msg.kind == "activation":
             self._layouts_in[msg.boundary] = content
 
@@ -318,12 +318,20 @@ class PipelineExecutor:
 
     def _fail(self, err: PipelineError) -> None:
         """Tell the peers still waiting for a header from this rank (gloo: tags keep it apart from the
-        data they may expect first), so they raise the same error instead of timing out; then raise."""
+        data they may expect first), so they raise the same error instead of timing out; then raise.
+
+        Stopped by a peer: take every header that peer still owes this rank (its sends then complete)
+        and send it none back."""
         if not self.nccl:
+            stopper = err.peer if isinstance(err, PipelineStoppedError) else None
             works = []
             for op in self._ops:
                 msg = op.message
-                if op.kind == "send" and msg.header and msg.index not in self._headers_sent:
+                if op.kind == "recv" and msg.header and msg.src == stopper and msg.index not in self._headers:
+                    buf = header_buffer(self.device)
+                    work = dist.irecv(buf, src=self._peer(msg.src), group=self.group, tag=msg.tag_header)
+                    self._headers[msg.index] = (work, buf)
+                if op.kind == "send" and msg.header and msg.index not in self._headers_sent and msg.dst != stopper:
                     self._headers_sent.add(msg.index)
                     buf = encode_header(str(err), f"stage {msg.producer[1]}", self.device)
                     works.append(dist.isend(buf, dst=self._peer(msg.dst), group=self.group, tag=msg.tag_header))

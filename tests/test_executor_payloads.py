@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -45,11 +47,14 @@ def test_dicts_tuples_integers_no_grad_tensors_and_an_aux_loss_give_single_proce
     assert eval_err <= TOL and aux_shape == (4,)
 
 
-def test_a_stage_output_that_is_not_tensors_is_named_on_every_rank():
-    messages = launch(bad_input_run, 2, dumps(generate("v-half", 2, 4)), "output", timeout=30)
+@pytest.mark.parametrize("name,ranks", [("v-half", 2), ("1f1b", 3)])
+def test_a_stage_output_that_is_not_tensors_is_named_on_every_rank(name, ranks):
+    start = time.monotonic()
+    messages = launch(bad_input_run, ranks, dumps(generate(name, ranks, 4)), "output", timeout=30)
     for msg in messages:
         assert msg is not None and "rank 1, stage 1 returns a object at output" in msg, msg
     assert messages[0].startswith("rank 0: stopped by rank 1:")
+    assert time.monotonic() - start < 15  # told, not timed out (the executor's time-out is 20 s)
 
 
 def test_inputs_that_do_not_split_into_microbatches_are_named_on_every_rank():
