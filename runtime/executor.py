@@ -171,6 +171,7 @@ class PipelineExecutor:
         self._recv_for = {m.consumer: m for m in msgs if m.dst == self.rank}
         self._send_of = {m.producer: m for m in msgs if m.src == self.rank}
         self._stage_bytes: dict[int, tuple[int, int]] = {}
+        self._shared_bytes: dict[int, int] = {}  # stage -> what its first F of a step saves once for all
 
     # ----------------------------------------------------------------- set-up
 
@@ -394,6 +395,9 @@ class PipelineExecutor:
         self._w_tasks: dict[tuple[int, int], tuple[list[WeightGradTask], WeightBranches | None]] = {}
         self._losses: list[torch.Tensor] = []
         self._kept: list[Any] = []
+        self._forwards_seen: dict[int, int] = {}
+        self._first_saved: dict[int, int] = {}
+        self._probe: dict[int, int] = {}  # stage -> the microbatch whose bytes are measured
         try:
             self._in_chunks = self._input_chunks(inputs, kwargs)
             self._target_chunks = self._target_split(target)
@@ -522,8 +526,8 @@ class PipelineExecutor:
             out = self.modules[s](*args, **kwargs)
             if last:
                 loss = self._loss(out, self._target_chunks[j], s)
-        if track and j == 0:
-            self._stage_bytes[s] = (self.meter.level - before, 0)
+        if track:
+            self._measure_forward(s, j, self.meter.level - before)
         if last:
             if self.keep_outputs or not self._train:
                 self._kept.append(_detached(out))
@@ -573,7 +577,7 @@ class PipelineExecutor:
         elif outs:
             torch.autograd.backward(outs, grads)
         del outs, grads
-        if self.meter and j == 0:
+        if self.meter and self._probe.get(s) == j:
             act = self._stage_bytes[s][0]
             self._stage_bytes[s] = (act, act + self.meter.level - before)
         if s > 0:
@@ -585,6 +589,22 @@ class PipelineExecutor:
 
     # ---------------------------------------------------------------- memory
 
+    def _measure_forward(self, stage: int, mb: int, saved: int) -> None:
+        """Bytes one microbatch saves, from the stage's second F of the step (its first when m = 1).
+
+        The first F may also save what later ones share (under autocast, the
+        cast copies of the weights from autocast's cache): counted once per
+        storage, the difference is the stage's shared bytes, held all step.
+        """
+        seen = self._forwards_seen.get(stage, 0)
+        self._forwards_seen[stage] = seen + 1
+        if seen == 0:
+            self._first_saved[stage] = saved
+        if seen == min(1, self.problem.microbatches - 1):
+            self._probe[stage] = mb
+            self._stage_bytes[stage] = (saved, 0)
+            self._shared_bytes[stage] = max(0, self._first_saved[stage] - saved)
+
     def stage_bytes(self) -> dict[int, tuple[int, int]]:
         """Per stage of this rank, bytes one microbatch keeps after F and still keeps after B (last step)."""
         return dict(self._stage_bytes)
@@ -595,7 +615,9 @@ class PipelineExecutor:
         F adds the stage's activation; B releases activation - kept (fused:
         all of it); W releases kept. Profiled kept can exceed the activation
         (W holds output gradients that B creates), so B may add memory: the
-        walk allows it, where a Problem would not.
+        walk allows it, where a Problem would not. Plus each stage's shared
+        bytes (saved once per step, e.g. autocast's weight copies), as if held
+        all step: an upper bound.
         """
         if not self._stage_bytes:
             raise PipelineError(f"rank {self.rank}: run a step with track_memory=True before predicting memory")
@@ -604,7 +626,7 @@ class PipelineExecutor:
             act, kept = self._stage_bytes[a.stage]
             level += memory_change(a.op, act, kept, self.problem.split_backward)
             peak = max(peak, level)
-        return float(peak)
+        return float(peak + sum(self._shared_bytes.values()))
 
 
 def device_of(modules: dict[int, nn.Module]) -> torch.device:
