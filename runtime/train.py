@@ -9,6 +9,7 @@ the same batches.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 import time
@@ -57,6 +58,8 @@ class TrainConfig:
             raise PipesynthError(f"precision: unknown {self.precision!r}; available: {', '.join(PRECISIONS)}")
         if self.runtime not in RUNTIMES:
             raise PipesynthError(f"runtime: unknown {self.runtime!r}; available: {', '.join(RUNTIMES)}")
+        if self.model == "tiny-llama" and importlib.util.find_spec("transformers") is None:
+            raise PipesynthError("model: tiny-llama needs transformers (pip install transformers)")
 
     @property
     def vocab(self) -> int:

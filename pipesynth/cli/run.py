@@ -55,11 +55,6 @@ def train(
         progress=True,
     )
     cfg.check()
-    if model == "tiny-llama":
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            raise PipesynthError("model: tiny-llama needs transformers (pip install transformers)") from None
     result = run_training(schedule, cfg, ranks)
     losses = result["losses"]
     typer.echo(f"{schedule.name or file}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
