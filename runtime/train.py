@@ -206,14 +206,26 @@ def main() -> None:
     from pipesynth.formats.schedule_json import load
     from pipesynth.runtime.launch import init_from_env
 
-    parser = argparse.ArgumentParser(description="Train the tiny GPT with a schedule, one process per rank.")
+    parser = argparse.ArgumentParser(description="Train a tiny model with a schedule, one process per rank.")
     parser.add_argument("file")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, LOCAL_RANK's GPU)")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--model", default="tiny-gpt", choices=MODELS)
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32, or autocast bf16/fp16")
+    parser.add_argument("--runtime", default="pipesynth", choices=RUNTIMES, help="our executor or torch's runtime")
     args = parser.parse_args()
-    cfg = TrainConfig(steps=args.steps, seed=args.seed, device=args.device, timeout=args.timeout, progress=True)
+    cfg = TrainConfig(
+        steps=args.steps,
+        seed=args.seed,
+        model=args.model,
+        precision=args.precision,
+        runtime=args.runtime,
+        device=args.device,
+        timeout=args.timeout,
+        progress=True,
+    )
     rank, world, device = init_from_env(args.device, args.timeout)
     try:
         report = train_rank(rank, world, device, dumps(load(args.file)), cfg)
