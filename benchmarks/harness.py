@@ -174,4 +174,4 @@ def our_step(
 ) -> Callable[[], Any]:
     """A no-argument callable running one step of our executor on this rank's `modules`."""
     executor = PipelineExecutor(schedule, modules, delay_loss)
-    return lambda: executor.step(batch, targets)
+    return lambda: executor.step(batch, target=targets)

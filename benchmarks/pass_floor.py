@@ -64,7 +64,7 @@ def measure(unit: float, microbatches: int, repeats: int) -> tuple[float, float,
     alone, ours = [], []
     for i in range(repeats + 1):  # the first round warms up
         a = host_seconds_per_pass(lambda: workload_alone(stage, microbatches), passes, slept)
-        b = host_seconds_per_pass(lambda: executor.step(batch, targets), passes, slept)
+        b = host_seconds_per_pass(lambda: executor.step(batch, target=targets), passes, slept)
         if i:
             alone.append(a)
             ours.append(b)

@@ -174,7 +174,7 @@ def _rank(rank: int, world: int, device: torch.device, workload: Workload, texts
                 m.zero_grad(set_to_none=True)
             dist.barrier()
             start = time.perf_counter()
-            executor.step(x, y)
+            executor.step(x, target=y)
             end = time.perf_counter()
             spans = [None] * world
             dist.all_gather_object(spans, (start, end))

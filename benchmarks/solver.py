@@ -31,7 +31,7 @@ from pipesynth.solver import SolverParams, solve
 from pipesynth.solver.block import search_block
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = ROOT / "benchmarks" / "anchors" / "official_v_schedules.json"  # the official implementation's figures, kept in the repo
+ANCHORS = ROOT / "benchmarks" / "anchors" / "official_v_schedules.json"
 TIME_LIMIT = {4: 30.0, 8: 60.0, 16: 120.0}
 
 

@@ -59,11 +59,11 @@ def worker(rank: int, world: int, device: torch.device, config: DelayConfig, nam
         executor = PipelineExecutor(schedule, modules, delay_loss)
         spans, ready = instrument(executor)
         for _ in range(config.warmup):
-            executor.step(batch, targets)
+            executor.step(batch, target=targets)
         spans.clear()
         ready.clear()
         dist.barrier()
-        executor.step(batch, targets)
+        executor.step(batch, target=targets)
         gathered: list = [None] * world
         dist.all_gather_object(gathered, (spans, ready))
         if rank == 0:

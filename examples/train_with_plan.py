@@ -77,7 +77,7 @@ def train(args: argparse.Namespace) -> None:
     for step in range(args.steps):
         x, y = data.batch(step, batch, CONFIG.seq_len)
         optimizer.zero_grad(set_to_none=True)
-        loss = executor.step(x, y)  # None on ranks without the last stage
+        loss = executor.step(x, target=y)  # None on ranks without the last stage
         optimizer.step()
         if loss is not None and (step % 5 == 0 or step == args.steps - 1):
             stats = executor.stats

@@ -15,3 +15,11 @@ class PipelineTimeoutError(PipelineError):
 
 class NonFiniteLossError(PipelineError):
     """The loss of a step is NaN or infinite: the step's gradients must not be used."""
+
+
+class PipelineStoppedError(PipelineError):
+    """A peer failed on bad input and sent its error in a header: this rank raises it too."""
+
+    def __init__(self, message: str, peer: int) -> None:
+        super().__init__(message)
+        self.peer = peer

@@ -4,8 +4,8 @@ Split layers (split.py) cover Linear, LayerNorm and Embedding. Any other
 parameter (a raw nn.Parameter, a custom op) is handled here, in the spirit
 of torch.distributed.pipelining's stage_backward_input/weight:
 
-- X: the autograd nodes on a path from the stage output to the stage input.
-  B runs backward on X only (`inputs=[x]`), so no weight-branch product is
+- X: the autograd nodes on a path from the stage outputs to the stage inputs
+  (those that take a gradient). B runs backward on X only (`inputs=xs`), so no weight-branch product is
   computed, and a pre-hook on each *frontier* node (a node of X with a next
   edge leaving X towards a parameter) records the gradient reaching it.
 - W re-enters each frontier node for its leaving edges only, then runs the
@@ -43,10 +43,11 @@ class WeightBranches:
     captured: dict[Node, tuple[torch.Tensor | None, ...]] = field(default_factory=dict)
 
 
-def _graph(root: Node) -> tuple[list[Node], dict[Node, list[Node]]]:
-    """Every node reachable from `root`, and each node's parents (reverse edges)."""
-    nodes, parents = [root], {root: []}
-    queue = deque([root])
+def _graph(roots: list[Node]) -> tuple[list[Node], dict[Node, list[Node]]]:
+    """Every node reachable from `roots`, and each node's parents (reverse edges)."""
+    nodes = list(dict.fromkeys(roots))
+    parents: dict[Node, list[Node]] = {root: [] for root in nodes}
+    queue = deque(nodes)
     while queue:
         node = queue.popleft()
         for nxt, _ in node.next_functions:
@@ -73,16 +74,16 @@ def _reaching(targets: list[Node], parents: dict[Node, list[Node]]) -> set[Node]
 
 
 def find_weight_branches(
-    root: Node, x: torch.Tensor, params: list[torch.Tensor], defers: Callable[[Node], bool]
+    roots: list[Node], xs: list[torch.Tensor], params: list[torch.Tensor], defers: Callable[[Node], bool]
 ) -> WeightBranches | None:
-    """The frontier of the input path for `params`; None if W cannot be split off safely.
+    """The frontier of the input paths (from the output nodes `roots` to the inputs `xs`) for `params`;
+    None if W cannot be split off safely.
 
     `defers(node)` says a node queues its own weight gradients during B (a
     split layer): its edges to parameters are left to that queue.
     """
-    _, parents = _graph(root)
-    x_node = get_gradient_edge(x).node
-    on_input_path = _reaching([x_node], parents)
+    _, parents = _graph(roots)
+    on_input_path = _reaching([get_gradient_edge(x).node for x in xs], parents)
     param_nodes = [get_gradient_edge(p).node for p in params]
     to_params = _reaching(param_nodes, parents)
     leaving: dict[Node, list[tuple[Node, int]]] = {}
@@ -119,9 +120,9 @@ def _independent(roots: list[Node], parents: dict[Node, list[Node]], on_input_pa
 
 
 def backward_input(
-    branches: WeightBranches, outputs: list[torch.Tensor | GradientEdge], grads: list | None, x: torch.Tensor
+    branches: WeightBranches, outputs: list[torch.Tensor | GradientEdge], grads: list | None, xs: list[torch.Tensor]
 ) -> None:
-    """B: the input gradient into `x.grad`, recording the gradients at the frontier for W."""
+    """B: the input gradients into each `x.grad`, recording the gradients at the frontier for W."""
 
     def recorder(node: Node):
         def hook(grad_outputs):
@@ -131,7 +132,7 @@ def backward_input(
 
     handles = [node.register_prehook(recorder(node)) for node in branches.frontier]
     try:
-        torch.autograd.backward(outputs, grads, inputs=[x], retain_graph=True)
+        torch.autograd.backward(outputs, grads, inputs=xs, retain_graph=True)
     finally:
         for handle in handles:
             handle.remove()

@@ -1,9 +1,13 @@
 """The communication plan: which tensors cross ranks, and in what order each rank posts them.
 
 Every cross-rank dependency of the schedule is one message: F of stage s
-sends its output to F of stage s+1; B of stage s sends its input gradient
-to B of stage s-1 (when that input is floating point). Stages next to each
-other on one rank hand tensors over in memory instead.
+sends its output to F of stage s+1; B of stage s sends its input gradients
+to B of stage s-1. A message holds any number of tensors (payload.py), one
+P2P op each, in the order of the producing stage's flattened output; the
+first message of each boundary and direction in a step carries a header
+first (the output's layout, shapes and dtypes, or an error to raise), so
+shapes may change from step to step. Stages next to each other on one rank
+hand tensors over in memory instead.
 
 Order (why this cannot deadlock): all ranks agree on one topological order
 of every pass (Kahn's algorithm over data and device-order edges, ties
@@ -39,6 +43,22 @@ class Message:
     consumer: PassKey
     src: int
     dst: int
+    header: bool = False  # the first message of its boundary and direction: a header goes first
+
+    @property
+    def boundary(self) -> int:
+        """The stage boundary crossed: s for the one between stages s and s+1."""
+        return min(self.producer[1], self.consumer[1])
+
+    def tag(self, tensor: int) -> int:
+        """The gloo tag of the message's `tensor`-th tensor (HEADER_TAG for its header): unique per step."""
+        if tensor >= HEADER_TAG:
+            raise PipelineError(f"the {self} holds more than {HEADER_TAG - 1} tensors")
+        return (self.index << 8) | tensor
+
+    @property
+    def tag_header(self) -> int:
+        return (self.index << 8) | HEADER_TAG
 
     def __str__(self) -> str:
         what = "activation" if self.kind == "activation" else "input gradient"
@@ -88,28 +108,33 @@ def global_order(schedule: Schedule) -> list[PassKey]:
     return order
 
 
-def messages(schedule: Schedule, grad_into: set[int] | None = None) -> list[Message]:
-    """Every cross-rank message, in the global order of their producers.
+HEADER_TAG = 255  # the low byte of a message's tag: tensors 0..254, then the header
 
-    `grad_into` lists the stages whose input takes a gradient (default: all
-    but stage 0); B of stage s sends a gradient only if s is in it.
-    """
+
+def messages(schedule: Schedule) -> list[Message]:
+    """Every cross-rank message, in the global order of their producers; the first of each boundary
+    and direction is marked to carry the step's header."""
     problem = schedule.problem
     place = problem.placement
-    grad_into = set(range(1, problem.stages)) if grad_into is None else grad_into
     out: list[Message] = []
+    seen: set[tuple[str, int]] = set()
     for i, (op, s, j) in enumerate(global_order(schedule)):
         for nop, ns, _ in successors(problem, op, s, j):  # a cross-device dependency is a message
-            if crosses_devices(problem, s, ns) and (op == "F" or s in grad_into):
+            if crosses_devices(problem, s, ns):
                 kind = "activation" if op == "F" else "gradient"
-                out.append(Message(i, kind, (op, s, j), (nop, ns, j), place[s], place[ns]))
+                first = (kind, min(s, ns)) not in seen
+                seen.add((kind, min(s, ns)))
+                out.append(Message(i, kind, (op, s, j), (nop, ns, j), place[s], place[ns], first))
     return out
 
 
-def rank_ops(msgs: list[Message], rank: int) -> list[CommOp]:
-    """This rank's sends and receives, in the order it posts them."""
+def rank_ops(msgs: list[Message], rank: int, forward_only: bool = False) -> list[CommOp]:
+    """This rank's sends and receives, in the order it posts them (activations only if `forward_only`:
+    an evaluation step, which runs the F passes alone)."""
     ops: list[CommOp] = []
     for msg in msgs:
+        if forward_only and msg.kind != "activation":
+            continue
         if msg.src == rank:
             ops.append(CommOp("send", msg))
         elif msg.dst == rank:
@@ -117,29 +142,9 @@ def rank_ops(msgs: list[Message], rank: int) -> list[CommOp]:
     return ops
 
 
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool)
-MAX_DIMS = 8
-
-
 @dataclass(frozen=True)
 class TensorMeta:
-    """Shape and dtype of a tensor that crosses a stage boundary."""
+    """Shape and dtype of a tensor that crosses a stage boundary (the profiler times its P2P latency)."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
-
-    def encode(self, device: torch.device) -> torch.Tensor:
-        if len(self.shape) > MAX_DIMS or self.dtype not in DTYPES:
-            raise PipelineError(f"cannot send a {self.dtype} tensor of shape {self.shape} between stages")
-        dims = list(self.shape) + [0] * (MAX_DIMS - len(self.shape))
-        return torch.tensor([DTYPES.index(self.dtype), len(self.shape), *dims], dtype=torch.int64, device=device)
-
-    @staticmethod
-    def buffer(device: torch.device) -> torch.Tensor:
-        """An empty tensor to receive an encoded TensorMeta into."""
-        return torch.empty(2 + MAX_DIMS, dtype=torch.int64, device=device)
-
-    @staticmethod
-    def decode(t: torch.Tensor) -> TensorMeta:
-        values = t.tolist()
-        return TensorMeta(tuple(values[2 : 2 + values[1]]), DTYPES[values[0]])

@@ -43,6 +43,7 @@ from pipesynth.runtime.errors import PipelineError
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.p2p import TensorMeta
 from pipesynth.runtime.passes import graph_split_params, input_backward, weight_backward
+from pipesynth.runtime.payload import Layout, call, flatten, unflatten
 from pipesynth.runtime.split import make_splittable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -171,75 +172,86 @@ def _stage_device(module: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
-def _sendable(stage: int, out: object, last: bool) -> TensorMeta | None:
-    """Check what a stage returns is what the executor can pass on; name the stage if not."""
+def _sendable(stage: int, out: object, last: bool) -> tuple[list[torch.Tensor], Layout] | None:
+    """What a stage returns, taken apart as the executor sends it (payload.py); the stage named if it cannot."""
     if last:
         return None
-    if not isinstance(out, torch.Tensor):
-        raise PipesynthError(
-            f"stage {stage} returns {type(out).__name__}, but the executor passes exactly one tensor "
-            "between stages; make the stage return a single tensor (e.g. torch.cat or a wrapper module)"
-        )
-    meta = TensorMeta(tuple(out.shape), out.dtype)
     try:
-        meta.encode(torch.device("cpu"))
+        return flatten(out, f"stage {stage}")
     except PipelineError as err:
-        raise PipesynthError(f"stage {stage}: its output cannot go to the next stage: {err}") from None
-    return meta
+        raise PipesynthError(str(err)) from None
+
+
+def _stage_input(
+    stage: int, given: tuple[Layout, list[torch.Tensor]], split: bool
+) -> tuple[object, list[torch.Tensor]]:
+    """As the executor: the stage's input, with the tensors that take a gradient made leaves (past stage 0
+    those the previous stage's output sends a gradient back for; on stage 0 the float ones, for a graph split)."""
+    layout, tensors = given
+    tensors = list(tensors)
+    leaves = []
+    for i, t in enumerate(tensors):
+        if layout.specs[i].grad if stage > 0 else (split and t.is_floating_point()):
+            tensors[i] = t.detach().requires_grad_(True)
+            leaves.append(tensors[i])
+    return unflatten(layout, tensors), leaves
 
 
 def _profile_stage(
     stage: int,
     module: nn.Module,
-    x: torch.Tensor,
+    given: tuple[Layout, list[torch.Tensor]],
     target: torch.Tensor | None,
     loss_fn: LossFn | None,
     repeats: int,
     warmup: int,
     statistic: str,
-) -> tuple[StageProfile, torch.Tensor]:
-    """Run F, B, W of one stage `warmup + repeats` times; return its profile and its output."""
+) -> tuple[StageProfile, tuple[Layout, list[torch.Tensor]] | None]:
+    """Run F, B, W of one stage `warmup + repeats` times; return its profile and its output (taken apart)."""
     last = target is not None
-    device = _stage_device(module, x.device)
+    device = _stage_device(module, given[1][0].device if given[1] else torch.device("cpu"))
     meter = ActivationMeter()
     meter.exclude([*module.parameters(), *module.buffers()])
     times: dict[str, list[float]] = {"F": [], "B": [], "W": []}
     after_f = during_b = after_b = 0
-    output: torch.Tensor | None = None
-    grad_out: torch.Tensor | None = None
+    output: tuple[Layout, list[torch.Tensor]] | None = None
+    grads: list[torch.Tensor] | None = None
+    meta: TensorMeta | None = None
     params = graph_split_params(module)
     for rep in range(warmup + repeats):
-        # As the executor: a float input takes a gradient past stage 0, or for a graph split to follow.
-        wants_grad = x.dtype.is_floating_point and (stage > 0 or params is not None)
-        inp = x.detach().requires_grad_(True) if wants_grad else x
+        value, leaves = _stage_input(stage, given, params is not None)
         base = meter.level
         _sync(device)
         t0 = time.perf_counter()
         with meter.saving():
-            out = module(inp)
+            out = call(module, value)
             if last:
                 out = loss_fn(out, target)
         _sync(device)
         t1 = time.perf_counter()
+        sent = _sendable(stage, out, last)
+        roots = [out] if sent is None else [sent[0][i] for i in sent[1].grad_indices]
         if rep == 0:
-            meta = _sendable(stage, out, last)
             if last and (not isinstance(out, torch.Tensor) or out.numel() != 1):
                 raise PipesynthError(f"stage {stage}: the loss function must return a scalar tensor")
-            if not out.requires_grad:
+            if not roots or not all(r.requires_grad for r in roots):
                 raise PipesynthError(
-                    f"stage {stage}: its output does not require grad (no parameters and no floating-point input "
+                    f"stage {stage}: no output requires grad (no parameters and no floating-point input "
                     "on the path?); the executor needs a differentiable stage"
                 )
-            output = out.detach()
-            grad_out = None if last else torch.ones_like(output)
+            if sent is not None:
+                output = (sent[1], [t.detach() for t in sent[0]])
+                grads = [torch.ones_like(r) for r in roots]
+                largest = max(sent[0], key=lambda t: t.numel())
+                meta = TensorMeta(tuple(largest.shape), largest.dtype)
         after_f = meter.level - base
         meter.reset_peak()
         _sync(device)
         t2 = time.perf_counter()
-        deferred = input_backward(out, None if grad_out is None else [grad_out], inp, params, meter.hold)
+        deferred = input_backward(roots, grads, leaves, params, meter.hold)
         _sync(device)
         t3 = time.perf_counter()
-        del out
+        del out, sent, roots
         after_b = meter.level - base
         during_b = meter.peak - base
         weight_backward(*deferred)
@@ -295,12 +307,15 @@ def profile_stages(
         torch.set_num_threads(threads)
     profiles: list[StageProfile] = []
     try:
-        x = sample.to(_stage_device(stages[0], sample.device))
+        tensors, layout = flatten(sample.to(_stage_device(stages[0], sample.device)), "the sample")
+        given = (layout, tensors)
         for s, module in enumerate(stages):
             last = s == len(stages) - 1
-            tgt = target.to(_stage_device(module, x.device)) if last else None
+            tgt = target.to(_stage_device(module, sample.device)) if last else None
             try:
-                profile, x = _profile_stage(s, module, x, tgt, loss_fn if last else None, repeats, warmup, statistic)
+                profile, given = _profile_stage(
+                    s, module, given, tgt, loss_fn if last else None, repeats, warmup, statistic
+                )
             except PipesynthError:
                 raise
             except Exception as err:
@@ -308,7 +323,8 @@ def profile_stages(
                 raise PipesynthError(f"stage {s}: failed on the sample microbatch: {why}") from err
             profiles.append(profile)
             if not last:
-                x = x.to(_stage_device(stages[s + 1], x.device))
+                layout, tensors = given
+                given = (layout, [t.to(_stage_device(stages[s + 1], t.device)) for t in tensors])
     finally:
         torch.set_num_threads(previous_threads)
         for p, g in saved_grads.items():

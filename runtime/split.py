@@ -11,6 +11,12 @@ freed by autograd as soon as B ends (docs/design.md section 7). Outside
 `make_splittable(module)` switches the plain torch layers of a module to
 these subclasses in place (same parameters, same state dict).
 
+Under torch.autocast a split Linear casts its input to the autocast dtype
+itself and saves that cast input (as autocast's own linear does; the weight's
+cast copy comes from autocast's cache in F and is cast again in B); weight
+gradients are cast to the parameter's dtype when they land in `.grad`
+(gradients keep the parameters' dtype).
+
 LayerNorm is left alone on purpose: its weight gradient is an elementwise
 product and a sum (next to no time), but deferring it would keep its input
 and output gradient alive until W. Computing it in B lets B free both: on a
@@ -53,9 +59,11 @@ def deferring(queue: list[WeightGradTask], keep: Callable[[torch.Tensor], object
 
 
 def accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
-    """Add a gradient into `param.grad` as autograd would."""
+    """Add a gradient into `param.grad` as autograd would (in the parameter's dtype: under autocast a
+    product may come out in the lower precision)."""
+    grad = grad.detach().to(param.dtype)
     if param.grad is None:
-        param.grad = grad.detach()
+        param.grad = grad
     else:
         param.grad.add_(grad)
 
@@ -83,25 +91,37 @@ def _linear_weight_grads(weight: torch.Tensor, bias: torch.Tensor | None, x: tor
         accumulate(bias, g2.sum(0))
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype torch.autocast casts a linear to on this device type, or None when it is off."""
+    if device_type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 class _LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):  # type: ignore[override]
+        cast = _autocast_dtype(x.device.type) if x.dtype != torch.float64 else None  # autocast leaves float64
+        if cast is not None:  # autocast's own linear: compute (and save the input) in the lower precision
+            x = x.to(cast)
         # Parameters ride on ctx, not save_for_backward: W must add into these very objects.
         ctx.save_for_backward(x)
-        ctx.weight, ctx.bias, ctx.has_bias = weight, bias, bias is not None
-        return F.linear(x, weight, bias)
+        ctx.weight, ctx.bias, ctx.has_bias, ctx.cast = weight, bias, bias is not None, cast
+        return F.linear(x, weight, bias)  # under autocast: the weight's cast copy comes from autocast's cache
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         weight, bias = ctx.weight, ctx.bias
-        grad_x = g.matmul(weight) if ctx.needs_input_grad[0] else None
+        if ctx.cast is not None:
+            g = g.to(ctx.cast)
+        grad_x = g.matmul(weight.to(g.dtype)) if ctx.needs_input_grad[0] else None
         wants_weights = ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2])
         if not wants_weights or defer_weight_grad(lambda x, g: _linear_weight_grads(weight, bias, x, g), x, g):
             return grad_x, None, None
         g2 = g.reshape(-1, g.shape[-1])
-        grad_w = g2.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
-        grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_w = g2.t().mm(x.reshape(-1, x.shape[-1])).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = g2.sum(0).to(bias.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
 
@@ -160,7 +180,13 @@ def defers_own_weights(module: nn.Module) -> bool:
 
 
 # Layers whose (cheap) weight gradients are computed in B by plain autograd.
-WEIGHTS_IN_B = (nn.LayerNorm,)
+WEIGHTS_IN_B = (nn.LayerNorm, nn.RMSNorm)
+
+
+def weight_grads_in_b(module: nn.Module) -> bool:
+    """Whether B computes a module's own (cheap, elementwise) weight gradients: a LayerNorm or RMSNorm,
+    or a module that says so with a true `weight_grads_in_b` attribute (e.g. a model's own RMSNorm)."""
+    return isinstance(module, WEIGHTS_IN_B) or getattr(module, "weight_grads_in_b", False) is True
 
 
 def make_splittable(module: nn.Module) -> nn.Module:

@@ -1,4 +1,5 @@
-"""Train the tiny GPT with a schedule on local ranks (`pipesynth train`), or unpipelined as the reference.
+"""Train a model (the tiny GPT, or a tiny Hugging Face Llama) with a schedule on local ranks
+(`pipesynth train`), or unpipelined as the reference.
 
 Every rank builds the whole model and the data from the seed, so the same
 seed gives the same model, batches and (up to float rounding) losses
@@ -8,10 +9,12 @@ the same batches.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,12 +25,14 @@ from torch import nn
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.schedule_json import dumps, loads
-from pipesynth.runtime.executor import PipelineExecutor
 from pipesynth.runtime.launch import launch
+from pipesynth.runtime.llama import LlamaSize
 from pipesynth.runtime.memory import ActivationMeter
-from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt
+from pipesynth.runtime.models import GPTConfig, MarkovText, even_counts, gpt_stages, lm_loss, tiny_gpt
 
-MODELS = ("tiny-gpt",)
+MODELS = ("tiny-gpt", "tiny-llama")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast dtype
+RUNTIMES = ("pipesynth", "torch")
 log = logging.getLogger(__name__)
 
 
@@ -40,9 +45,43 @@ class TrainConfig:
     microbatch_size: int = 2
     lr: float = 3e-3
     gpt: GPTConfig = field(default_factory=GPTConfig)
+    model: str = "tiny-gpt"
+    llama: LlamaSize = field(default_factory=LlamaSize)
+    precision: str = "fp32"  # fp32, or bf16 / fp16 under torch.autocast (fp16 with a loss scaler)
+    runtime: str = "pipesynth"  # our executor, or torch's _PipelineScheduleRuntime (torch_schedule)
     device: str = "cpu"
     timeout: float = 60.0
     progress: bool = False
+
+    def check(self) -> None:
+        """A PipesynthError naming the field at fault."""
+        if self.model not in MODELS:
+            raise PipesynthError(f"model: unknown {self.model!r}; available: {', '.join(MODELS)}")
+        if self.precision not in PRECISIONS:
+            raise PipesynthError(f"precision: unknown {self.precision!r}; available: {', '.join(PRECISIONS)}")
+        if self.runtime not in RUNTIMES:
+            raise PipesynthError(f"runtime: unknown {self.runtime!r}; available: {', '.join(RUNTIMES)}")
+        if self.model == "tiny-llama" and importlib.util.find_spec("transformers") is None:
+            raise PipesynthError("model: tiny-llama needs transformers (pip install transformers)")
+
+    @property
+    def vocab(self) -> int:
+        return self.gpt.vocab if self.model == "tiny-gpt" else self.llama.vocab
+
+    @property
+    def seq_len(self) -> int:
+        return self.gpt.seq_len if self.model == "tiny-gpt" else min(self.gpt.seq_len, self.llama.max_positions)
+
+
+def build_model(cfg: TrainConfig, stages: int, device: torch.device) -> tuple[nn.Module, list[nn.Module]]:
+    """The whole model (the reference) and its `stages` pipeline stages, sharing their parameters."""
+    if cfg.model == "tiny-gpt":
+        layers = [layer.to(device) for layer in tiny_gpt(cfg.gpt, cfg.seed)]
+        return nn.Sequential(*layers), gpt_stages(layers, stages) if stages > 1 else [nn.Sequential(*layers)]
+    from pipesynth.runtime.llama import LlamaLM, llama_stages, tiny_llama
+
+    model = tiny_llama(cfg.llama, cfg.seed).to(device)
+    return LlamaLM(model), llama_stages(model, even_counts(cfg.llama.layers, stages)) if stages > 1 else []
 
 
 def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, cfg: TrainConfig) -> dict:
@@ -51,20 +90,32 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
     With one rank it trains the whole model unpipelined on the schedule's
     batch (microbatches x microbatch size) in one piece: the reference.
     """
+    cfg.check()
     pipelined = loads(schedule_text)
     batch = pipelined.problem.microbatches * cfg.microbatch_size
     schedule = pipelined if world > 1 else None
-    layers = [layer.to(device) for layer in tiny_gpt(cfg.gpt, cfg.seed)]
-    data = MarkovText(cfg.gpt.vocab, cfg.seed)
+    model, stages = build_model(cfg, pipelined.problem.stages if schedule is not None else 1, device)
+    data = MarkovText(cfg.vocab, cfg.seed)
+    autocast = PRECISIONS[cfg.precision]
+    scaler = None
     if schedule is None:
-        model = nn.Sequential(*layers)
         mine = {0: model}
         meter = ActivationMeter()
         meter.exclude([*model.parameters(), *model.buffers()])
+        if autocast == torch.float16:
+            scaler = torch.amp.GradScaler(device.type)
     else:
-        stages = gpt_stages(layers, schedule.problem.stages)
+        from pipesynth.runtime.torch_pipelining import torch_schedule
+
         mine = {s: stages[s] for s in schedule.problem.stages_on(rank)}
-        executor = PipelineExecutor(schedule, mine, lm_loss, device=device, timeout=cfg.timeout)
+        if autocast == torch.float16:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            scaler = ShardedGradScaler(device.type)  # every rank skips the same steps
+        runner = torch_schedule(
+            schedule, mine, lm_loss, runtime=cfg.runtime, device=device, timeout=cfg.timeout, scaler=scaler
+        )
+        executor = runner.executor
     params = [p for mod in mine.values() for p in mod.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     losses: list[float] = []
@@ -72,23 +123,32 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
     peak = 0
     progress = StepProgress(cfg.steps) if cfg.progress else None
     for step in range(cfg.steps):
-        x, y = data.batch(step, batch, cfg.gpt.seq_len)
+        x, y = data.batch(step, batch, cfg.seq_len)
         optimizer.zero_grad(set_to_none=True)
+        precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
         if schedule is None:
             start = time.perf_counter()
             meter.reset_peak()
-            with meter.saving():
+            with meter.saving(), precision:
                 loss = lm_loss(model(x.to(device)), y.to(device))
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             seconds.append(time.perf_counter() - start)
             peak = max(peak, meter.peak)
             if not math.isfinite(loss.item()):
                 raise ValueError(f"step {step}: the loss is {loss.item()}")
         else:
-            loss = executor.step(x, y)
-            seconds.append(executor.stats.seconds)
-            peak = max(peak, executor.stats.peak_bytes)
-        optimizer.step()
+            microbatch_losses: list[torch.Tensor] = []
+            start = time.perf_counter()
+            with precision:
+                runner.step(x, target=y, losses=microbatch_losses, return_outputs=False)
+            seconds.append(executor.stats.seconds if executor is not None else time.perf_counter() - start)
+            peak = max(peak, executor.stats.peak_bytes if executor is not None else 0)
+            loss = torch.stack(microbatch_losses).mean() if microbatch_losses else None
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         if loss is not None:
             losses.append(loss.item())
             if progress is not None:
@@ -99,7 +159,7 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
         "step_seconds": seconds,
         "measured_peak_bytes": peak,
     }
-    if schedule is not None:
+    if schedule is not None and executor is not None:
         report["predicted_peak_bytes"] = executor.predicted_peak_bytes()
         report["stage_bytes"] = {str(s): list(b) for s, b in sorted(executor.stage_bytes().items())}
         if executor.stats.cuda_peak_bytes is not None:
@@ -135,6 +195,7 @@ class StepProgress:
 
 def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None) -> dict[str, Any]:
     """Train on `schedule.problem.devices` local ranks (or 1: the unpipelined reference); return the report."""
+    cfg.check()
     ranks = schedule.problem.devices if ranks is None else ranks
     if ranks not in (1, schedule.problem.devices):
         raise PipesynthError(
@@ -146,7 +207,7 @@ def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None)
         r.pop("losses", None)
     return {
         "schedule": schedule.name,
-        "model": "tiny-gpt",
+        "model": cfg.model,
         "mode": "pipeline" if ranks > 1 else "reference",
         "config": {**asdict(cfg), "microbatches": schedule.problem.microbatches},
         "losses": losses,
@@ -164,15 +225,27 @@ def main() -> None:
     from pipesynth.formats.schedule_json import load
     from pipesynth.runtime.launch import init_from_env
 
-    parser = argparse.ArgumentParser(description="Train the tiny GPT with a schedule, one process per rank.")
+    parser = argparse.ArgumentParser(description="Train a tiny model with a schedule, one process per rank.")
     parser.add_argument("file")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, LOCAL_RANK's GPU)")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--model", default="tiny-gpt", choices=MODELS)
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32, or autocast bf16/fp16")
+    parser.add_argument("--runtime", default="pipesynth", choices=RUNTIMES, help="our executor or torch's runtime")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # an entry point: the progress lines
-    cfg = TrainConfig(steps=args.steps, seed=args.seed, device=args.device, timeout=args.timeout, progress=True)
+    cfg = TrainConfig(
+        steps=args.steps,
+        seed=args.seed,
+        model=args.model,
+        precision=args.precision,
+        runtime=args.runtime,
+        device=args.device,
+        timeout=args.timeout,
+        progress=True,
+    )
     rank, world, device = init_from_env(args.device, args.timeout)
     try:
         report = train_rank(rank, world, device, dumps(load(args.file)), cfg)

@@ -75,7 +75,7 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
             ref_loss.backward()
             opt.zero_grad()
             ready.clear()
-            loss = executor.step(x, y)
+            loss = executor.step(x, target=y)
             hook_ok &= sorted(ready) == sorted(mine) and all(
                 (a is None and p.grad is None) or (a is not None and torch.equal(a, p.grad))
                 for s, mod in mine.items()
@@ -93,6 +93,17 @@ def compare_with_reference(rank, world, device, schedule_texts, steps=3, width=6
             opt.step()
         results.append((schedule.name, worst_loss, worst_grad, hook_ok))
     return results
+
+
+def solved(devices: int, microbatches: int) -> str:
+    """A CP-SAT schedule: V placement, unequal costs, capped at 0.75x of 1F1B's memory."""
+    from pipesynth.core.problem import make_problem, parse_cap
+    from pipesynth.formats.schedule_json import dumps
+    from pipesynth.solver import solve
+
+    problem = make_problem(devices, microbatches, "v", cost={"F": 3, "B": 4, "W": 2})
+    problem = problem.with_cap(parse_cap("0.75x", problem))
+    return dumps(solve(problem, time_limit=2, workers=1, deterministic=True).schedule)
 
 
 def random_order(problem, seed: int):
@@ -148,9 +159,9 @@ def faulty_run(rank, world, device, schedule_text, fault, timeout=5.0):
         if fault == "stall-watchdog":
             executor.nccl = True  # the NCCL wait path on gloo: wait() then the watchdog (gloo's wait blocks)
         if fault.startswith("stall"):
-            executor.step(x, y)  # a first step goes through, so the time-out hits a pass, not the set-up
+            executor.step(x, target=y)  # a first step goes through, so the time-out hits a pass, not the set-up
             Stall.armed = True
-        executor.step(x, y)
+        executor.step(x, target=y)
     except PipelineError as err:
         if fault in ("wrong-stages", "world"):
             return str(err)
@@ -214,7 +225,7 @@ def phase_run(rank, world, device, schedule_text):
 
         setattr(executor, name, traced)
     m = schedule.problem.microbatches
-    executor.step(torch.randn(m, 4, dtype=torch.float64), torch.randn(m, 4, dtype=torch.float64))
+    executor.step(torch.randn(m, 4, dtype=torch.float64), target=torch.randn(m, 4, dtype=torch.float64))
     grads = {s: mod.w.grad is not None for s, mod in mine.items()}
     return CALLS, grads
 
@@ -250,7 +261,7 @@ def leftover_run(rank, world, device, schedule_text, steps=3):
         mine = {s: TanhStage() for s in schedule.problem.stages_on(rank)}
         executor = PipelineExecutor(schedule, mine, nn.functional.mse_loss, timeout=20, track_memory=track)
         for _ in range(steps):
-            executor.step(torch.randn(m, 4, dtype=torch.float64), torch.randn(m, 4, dtype=torch.float64))
+            executor.step(torch.randn(m, 4, dtype=torch.float64), target=torch.randn(m, 4, dtype=torch.float64))
             history = any(p.grad.requires_grad for mod in mine.values() for p in mod.parameters())
             out.append((executor.meter.level if track else 0, history))
     return sorted(executor._graph_split), out

@@ -83,9 +83,9 @@ def record_naps(rank, world, device):
                 run(action)
 
             setattr(executor, f"_{op}", traced)
-        executor.step(torch.zeros(2, 4), torch.ones(2, 4))  # the first step also infers shapes (a forward on meta)
+        executor.step(torch.zeros(2, 4), target=torch.ones(2, 4))
         naps.clear()
-        executor.step(torch.zeros(2, 4), torch.ones(2, 4))
+        executor.step(torch.zeros(2, 4), target=torch.ones(2, 4))
         out[name] = (list(naps), [a.key for a in executor.actions])
     return out
 

@@ -72,7 +72,7 @@ def _run_plan(rank, world, device, text):
     x, y = sample(schedule.problem.stages)
     m = schedule.problem.microbatches
     for _ in range(2):
-        executor.step(x.repeat(m, 1), y.repeat(m, 1))
+        executor.step(x.repeat(m, 1), target=y.repeat(m, 1))
     return executor.stats.peak_bytes
 
 
@@ -101,13 +101,25 @@ def test_plan_pipeline_in_one_call():
 
 class Pair(nn.Module):
     def forward(self, x):
-        return x, x
+        return x, torch.arange(3)  # a tuple with an integer tensor (forward only)
 
 
-def test_a_stage_returning_a_tuple_is_named():
+class Second(nn.Module):
+    def forward(self, x, ids):
+        return x * ids.float().mean()
+
+
+class Odd(nn.Module):
+    def forward(self, x):
+        return {"x": x, "what": object()}
+
+
+def test_stages_passing_tuples_are_profiled_and_other_outputs_named():
     x, y = sample(0)
-    with pytest.raises(PipesynthError, match="stage 1 returns tuple, but the executor passes exactly one tensor"):
-        profile_stages([nn.Linear(WIDTH, WIDTH), Pair(), nn.Identity()], x, y, nn.functional.mse_loss, comm=0)
+    prof = profile_stages([nn.Linear(WIDTH, WIDTH), Pair(), Second()], x, y, nn.functional.mse_loss, comm=0)
+    assert prof.stages[1].output.shape == (ROWS, WIDTH)  # the largest tensor crossing the boundary
+    with pytest.raises(PipesynthError, match=r"stage 1 returns a object at output\['what'\]"):
+        profile_stages([nn.Linear(WIDTH, WIDTH), Odd(), nn.Identity()], x, y, nn.functional.mse_loss, comm=0)
 
 
 def test_a_stage_that_fails_on_its_input_is_named():

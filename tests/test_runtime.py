@@ -17,25 +17,17 @@ from runtime_workers import (  # noqa: E402
     peer_fails_run,
     phase_run,
     random_order,
+    solved,
 )
 
 from pipesynth.construct import GENERATORS, generate  # noqa: E402
-from pipesynth.core.problem import make_problem, parse_cap  # noqa: E402
+from pipesynth.core.problem import make_problem  # noqa: E402
 from pipesynth.formats.schedule_json import dumps  # noqa: E402
 from pipesynth.runtime.launch import LaunchError, launch  # noqa: E402
 from pipesynth.runtime.p2p import messages, rank_ops  # noqa: E402
 from pipesynth.runtime.split import deferring, make_splittable  # noqa: E402
 
 TOL = 1e-10  # float64
-
-
-def solved(devices: int, microbatches: int) -> str:
-    """A CP-SAT schedule: V placement, unequal costs, capped at 0.75x of 1F1B's memory."""
-    from pipesynth.solver import solve
-
-    problem = make_problem(devices, microbatches, "v", cost={"F": 3, "B": 4, "W": 2})
-    problem = problem.with_cap(parse_cap("0.75x", problem))
-    return dumps(solve(problem, time_limit=2, workers=1, deterministic=True).schedule)
 
 
 def schedules_for(devices: int, microbatches: int) -> list[str]:
@@ -77,6 +69,28 @@ def test_split_layers_give_the_fused_gradients_and_defer_weights():
         task()
     for p, q in zip(plain.parameters(), split.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_split_layers_under_autocast_match_torchs_autocast_linear_bit_for_bit(dtype):
+    """Outputs and gradients equal torch's own Linear under autocast; gradients keep the float32 dtype."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))
+    split = make_splittable(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4)))
+    split.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 8)
+    queue = []
+    with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+        want, got = plain(x), split(x)
+        want.float().sum().backward()
+        with deferring(queue):
+            got.float().sum().backward()
+    for task in queue:
+        task()
+    assert got.dtype == want.dtype == getattr(torch, dtype) and torch.equal(got, want)
+    for p, q in zip(plain.parameters(), split.parameters()):
+        assert q.grad.dtype == torch.float32 and torch.equal(p.grad, q.grad)
 
 
 def test_both_sides_of_every_rank_pair_post_messages_in_the_same_order():
@@ -127,7 +141,8 @@ def test_a_nan_loss_is_an_error():
 def test_modules_that_do_not_match_the_schedule_fail_on_every_rank():
     messages_ = launch(faulty_run, 2, dumps(generate("1f1b", 2, 2)), "wrong-stages", timeout=10)
     for msg in messages_:
-        assert "rank 1 was given modules for stages [0, 1], but the schedule places stages [1] on it" in msg
+        assert "stage 0 does not sit where the schedule puts it: rank 1 was given modules for stages [0, 1]" in msg
+        assert "but 1f1b places stages [1] on it (linear placement [0, 1], 2 stages)" in msg
     messages_ = launch(faulty_run, 2, dumps(generate("1f1b", 4, 4)), "world", timeout=10)
     for msg in messages_:
         assert "the schedule has 4 devices but the world has 2 ranks" in msg

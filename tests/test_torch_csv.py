@@ -79,6 +79,21 @@ def test_cli_export_then_import(tmp_path):
     assert back.name == "s"
 
 
+def test_cli_export_writes_the_placement_next_to_the_csv_and_prints_torchtitan_settings(tmp_path):
+    import json
+
+    save(generate("zb-v", 2, 4), tmp_path / "v.json")
+    args = ["export", str(tmp_path / "v.json"), "--to", "torch-csv", "-o", str(tmp_path / "v.csv")]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    sidecar = json.loads((tmp_path / "v.placement.json").read_text())
+    assert sidecar["placement"] == [0, 1, 1, 0] and sidecar["kind"] == "v"
+    assert sidecar["stages_on_rank"] == [[0, 3], [1, 2]]
+    assert f"--parallelism.pipeline_parallel_schedule_csv {tmp_path / 'v.csv'}" in out.output
+    assert "style='v'" in out.output  # torchtitan places a CSV schedule's stages as a loop by default
+    assert from_torch_csv((tmp_path / "v.csv").read_text()).problem.placement == (0, 1, 1, 0)
+
+
 def test_cli_import_error_is_one_line(tmp_path):
     (tmp_path / "bad.csv").write_text("0F0,0RECV_B0\n")
     out = CliRunner().invoke(app, ["import", str(tmp_path / "bad.csv")])

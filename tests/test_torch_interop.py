@@ -77,7 +77,7 @@ def worker(rank, world, device, cases):
         for work in torch.distributed.batch_isend_irecv(warmup):
             work.wait()
         torch_loss = torch_step(runtime, schedule, batch, targets)
-        our_loss = PipelineExecutor(schedule, ours, loss_fn).step(batch, targets)
+        our_loss = PipelineExecutor(schedule, ours, loss_fn).step(batch, target=targets)
         results[name] = {
             "torch_loss": None if torch_loss is None else torch_loss.item(),
             "our_loss": None if our_loss is None else our_loss.item(),

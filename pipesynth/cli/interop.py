@@ -13,7 +13,13 @@ from pipesynth.core.validate import find_violations
 from pipesynth.errors import InvalidScheduleError
 from pipesynth.formats.files import write_text_atomic
 from pipesynth.formats.schedule_json import dumps, load
-from pipesynth.formats.torch_csv import load_torch_csv, to_torch_csv
+from pipesynth.formats.torch_csv import (
+    load_torch_csv,
+    placement_json,
+    placement_path,
+    to_torch_csv,
+    torchtitan_settings,
+)
 
 
 class ExportFormat(str, Enum):
@@ -42,7 +48,9 @@ def export(file: Path = SCHEDULE, to: ExportFormat = TO, output: Path | None = O
     """Write a schedule as torch's compute-only CSV.
 
     torch-csv is the CSV that torch.distributed.pipelining's
-    _PipelineScheduleRuntime._load_csv reads.
+    _PipelineScheduleRuntime._load_csv reads. With -o, the stage placement it
+    assumes goes next to it (x.placement.json); the torchtitan settings it
+    needs are printed (on stderr when the CSV goes to stdout).
 
     Example: pipesynth export schedules/zb-h1-d4-m8.json --to torch-csv -o zb-h1.csv
     """
@@ -51,6 +59,12 @@ def export(file: Path = SCHEDULE, to: ExportFormat = TO, output: Path | None = O
     if violations:
         raise InvalidScheduleError([f"{file}: {v}" for v in violations])
     _write(to_torch_csv(schedule), output)
+    if output is not None:
+        write_text_atomic(placement_path(output), placement_json(schedule))
+        typer.echo(f"wrote {output} and its stage placement {placement_path(output)}")
+    typer.echo("torchtitan settings for this CSV:", err=output is None)
+    for line in torchtitan_settings(schedule, str(output or "<the CSV file>")):
+        typer.echo(f"  {line}", err=output is None)
 
 
 @command("import")

@@ -22,7 +22,9 @@ OUTPUT = typer.Option(..., "--output", "-o", help="Problem file to write (us, by
 @command()
 def train(
     file: Path = FILE,
-    model: str = typer.Option("tiny-gpt", help="Model to train (tiny-gpt)."),
+    model: str = typer.Option("tiny-gpt", help="Model to train: tiny-gpt, or tiny-llama (needs transformers)."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 / fp16 under torch.autocast (fp16 with a loss scaler)."),
+    runtime: str = typer.Option("pipesynth", help="pipesynth (our executor) or torch (torch's CSV runtime)."),
     steps: int = typer.Option(20, min=1, help="Training steps."),
     seed: int = typer.Option(0, help="Seed of the model weights and the data."),
     ranks: int = typer.Option(None, help="Ranks to start: the schedule's devices (default), or 1 for the reference."),
@@ -37,15 +39,24 @@ def train(
     Prints the losses and each rank's peak activation memory.
 
     Example: pipesynth train schedules/1f1b-d4-m8.json --steps 20 --report run.json
+    (--model tiny-llama --precision bf16 --runtime torch: a Hugging Face Llama, autocast, torch's runtime)
     """
-    if model != "tiny-gpt":
-        raise PipesynthError(f"model: unknown {model!r}; available: tiny-gpt")
     schedule = load(file)
     from pipesynth.runtime.train import TrainConfig, run_training  # torch only when training
 
     cfg = TrainConfig(
-        steps=steps, seed=seed, microbatch_size=microbatch_size, lr=lr, device=device, timeout=timeout, progress=True
+        steps=steps,
+        seed=seed,
+        microbatch_size=microbatch_size,
+        lr=lr,
+        model=model,
+        precision=precision,
+        runtime=runtime,
+        device=device,
+        timeout=timeout,
+        progress=True,
     )
+    cfg.check()
     result = run_training(schedule, cfg, ranks)
     losses = result["losses"]
     typer.echo(f"{schedule.name or file}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
@@ -53,10 +64,8 @@ def train(
         predicted = r.get("predicted_peak_bytes")
         pred = f", predicted {predicted / 1024:.1f} KiB" if predicted is not None else ""
         step_time = sum(r["step_seconds"]) / len(r["step_seconds"])
-        typer.echo(
-            f"  rank {r['rank']}: peak activation {r['measured_peak_bytes'] / 1024:.1f} KiB{pred}, "
-            f"{step_time * 1000:.1f} ms/step"
-        )
+        measured = f"peak activation {r['measured_peak_bytes'] / 1024:.1f} KiB{pred}, " if runtime != "torch" else ""
+        typer.echo(f"  rank {r['rank']}: {measured}{step_time * 1000:.1f} ms/step")
     if report is not None:
         write_text_atomic(report, json.dumps(result, indent=2) + "\n")
         typer.echo(f"report written to {report}")

@@ -106,6 +106,16 @@ def placement_for(kind: str, devices: int, chunks: int = 1) -> tuple[int, ...]:
     raise PipesynthError(f"placement: unknown kind {kind!r}; expected one of {', '.join(PLACEMENTS)}")
 
 
+def placement_kind(placement: Sequence[int], devices: int) -> str:
+    """The name of a stage -> device list (linear, loop, v), or "custom" when it is none of them."""
+    stages = len(placement)
+    for kind in PLACEMENTS:
+        chunks = max(1, stages // max(devices, 1))
+        if tuple(placement) == placement_for(kind, devices, chunks):
+            return kind
+    return "custom"
+
+
 def per_stage(value: PerStage, count: int, field: str, per: str = "stage") -> tuple[float, ...]:
     """Broadcast a scalar to every stage (or device), or check a list has one finite number each."""
     if isinstance(value, int | float) and not isinstance(value, bool):

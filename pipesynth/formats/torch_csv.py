@@ -7,18 +7,25 @@ B (fused backward); empty cells are idle steps. Our `B` is written `I` when
 the problem splits the backward and `B` when it does not. Reading a CSV back
 takes the placement from which row holds each stage; the costs and memory are
 not in the CSV, so they come from the caller (defaults 1).
+
+torch's loader reads every line as a rank (a comment line is an error), so
+the stage-to-rank placement the CSV assumes goes in a sidecar file next to
+it (`placement_json`, `<name>.placement.json`), with the torchtitan settings
+that must go with it (`torchtitan_settings`): torch infers the placement from
+the CSV, but the stages must be built to match it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from pipesynth.core.problem import Op, PerStage, make_problem
+from pipesynth.core.problem import Op, PerStage, make_problem, placement_kind
 from pipesynth.core.schedule import Action, Schedule
 from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
@@ -41,6 +48,57 @@ def to_torch_csv(schedule: Schedule) -> str:
     for device_actions in schedule.actions:
         writer.writerow(f"{a.stage}{torch_op(a.op, split)}{a.mb}" for a in device_actions)
     return out.getvalue()
+
+
+def placement_path(csv_path: str | os.PathLike[str]) -> Path:
+    """Where the placement sidecar of a CSV goes: `x.csv` -> `x.placement.json`."""
+    return Path(csv_path).with_suffix(".placement.json")
+
+
+def placement_json(schedule: Schedule) -> str:
+    """The stage -> rank placement a CSV export assumes, and what else a runtime needs to match it."""
+    p = schedule.problem
+    return (
+        json.dumps(
+            {
+                "format": "pipesynth.placement/1",
+                "schedule": schedule.name,
+                "ranks": p.devices,
+                "stages": p.stages,
+                "microbatches": p.microbatches,
+                "kind": placement_kind(p.placement, p.devices),
+                "placement": list(p.placement),
+                "stages_on_rank": [p.stages_on(r) for r in range(p.devices)],
+                "split_backward": p.split_backward,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def torchtitan_settings(schedule: Schedule, csv_path: str) -> list[str]:
+    """The torchtitan options (and the stage placement) the exported CSV needs, one line each."""
+    p = schedule.problem
+    kind = placement_kind(p.placement, p.devices)
+    lines = [
+        f"--parallelism.pipeline_parallel_degree {p.devices}",
+        f"--parallelism.pipeline_parallel_schedule_csv {csv_path}",
+        f"--parallelism.pipeline_parallel_microbatch_size <local batch size / {p.microbatches}>"
+        f"  ({p.microbatches} microbatches per step)",
+        f"{p.stages} stages ({p.stages // p.devices} per rank): set pipeline_parallel_layers_per_stage so the model "
+        f"cuts into exactly {p.stages}",
+    ]
+    if kind == "v":
+        lines.append(
+            "V placement: torchtitan builds the stages of a CSV schedule in loop style; build them with "
+            "stage_ids_this_rank(..., style='v') (ranks hold stages "
+            + ", ".join(f"{r}: {p.stages_on(r)}" for r in range(p.devices))
+            + "), or run the schedule with pipesynth.runtime.torch_schedule, which checks the placement"
+        )
+    elif kind != "loop" and kind != "linear":
+        lines.append(f"custom placement {list(p.placement)}: build each rank's stages as listed in the sidecar file")
+    return lines
 
 
 def parse_cell(text: str, where: str) -> tuple[str, int, int]:
