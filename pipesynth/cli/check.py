@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +17,8 @@ from pipesynth.cli import command
 from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import simulate as run_simulation
 from pipesynth.core.validate import find_violations
-from pipesynth.errors import InvalidScheduleError
+from pipesynth.errors import InvalidScheduleError, PipesynthError
+from pipesynth.formats.files import check_writable
 from pipesynth.formats.schedule_json import load
 
 FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file.", show_default=False)
@@ -35,7 +38,7 @@ def validate(file: Path = FILE) -> None:
 
     Example: pipesynth validate schedules/v-half-d4-m8.json
     """
-    schedule = load(file)
+    schedule = load(file, validate=False)
     violations = find_violations(schedule)
     if violations:
         for v in violations:
@@ -54,9 +57,6 @@ def simulate(
     Example: pipesynth simulate schedules/v-half-d4-m8.json --json
     """
     schedule = load(file)
-    violations = find_violations(schedule)
-    if violations:
-        raise InvalidScheduleError(violations)
     sim = run_simulation(schedule)
     figures = {
         "makespan": sim.makespan,
@@ -65,7 +65,7 @@ def simulate(
         "busy": sim.busy,
     }
     if as_json:
-        typer.echo(json.dumps(figures))
+        typer.echo(json.dumps(figures, allow_nan=False))
         return
     typer.echo(f"{schedule.name or file}: makespan {sim.makespan:g}, bubble rate {sim.bubble_rate:.4f}")
     for d, (peak, busy) in enumerate(zip(sim.peak_memory, sim.busy)):
@@ -80,13 +80,25 @@ def show(
     color: Annotated[
         bool | None, typer.Option("--color/--no-color", help="ANSI colors (default: on a terminal).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Draw a schedule that breaks the rules, its faults marked with !.")
+    ] = False,
 ) -> None:
     """Draw a schedule as a Gantt chart in the terminal, and as an image with --out.
 
     Example: pipesynth show zb-h1.json --out zb-h1.png
     """
-    sched = load(file)
-    rows = schedule_bars(sched)
+    check_writable(out)
+    sched = load(file, validate=False)
+    violations = find_violations(sched)
+    if violations and not force:
+        raise PipesynthError(f"{InvalidScheduleError(violations)}; --force draws it with the faults marked")
+    for v in violations:
+        typer.echo(f"warning: {v}", err=True)
+    if violations:  # stored times and figures may be what is wrong: draw by the rules, or back to back
+        plain = [[replace(a, start=None, end=None) for a in dev] for dev in sched.actions]
+        sched = replace(sched, actions=plain, metrics=None)
+    rows = schedule_bars(sched, faults=faults_of(violations))
     if width is None:
         width = min(natural_width(rows), max(20, shutil.get_terminal_size().columns - 10))
     typer.echo(summary(sched))
@@ -94,3 +106,8 @@ def show(
     if out is not None:
         path = gantt_figure(rows, out, title=summary(sched))
         typer.echo(f"chart written to {path}")
+
+
+def faults_of(violations: list[str]) -> set[tuple[int, int]]:
+    """(device, position) of every action a violation names (`actions[1][4]...`)."""
+    return {(int(d), int(k)) for v in violations for d, k in re.findall(r"actions\[(\d+)\]\[(\d+)\]", v)}
