@@ -145,6 +145,8 @@ def pareto(
     """
     check_writable(out)
     points, skipped = pareto_points(devices, microbatches, parse_cost(cost), comm)
+    if not points:
+        raise PipesynthError(f"no schedule family runs this case; {skipped[0]}")
     if solve:
         from pipesynth.analysis.pareto import solver_points  # OR-Tools only when asked
 

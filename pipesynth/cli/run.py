@@ -24,7 +24,7 @@ def train(
     file: Path = FILE,
     model: str = typer.Option("tiny-gpt", help="Model to train (tiny-gpt)."),
     steps: int = typer.Option(20, min=1, help="Training steps."),
-    seed: int = typer.Option(0, help="Seed of the model weights and the data."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the model weights and the data."),
     ranks: int = typer.Option(None, help="Ranks to start: the schedule's devices (default), or 1 for the reference."),
     microbatch_size: int = typer.Option(2, min=1, help="Sequences per microbatch."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),

@@ -102,8 +102,8 @@ def solve(
         Path | None, typer.Option("--problem", help="Read the problem (schedule-file `problem` object) from FILE.")
     ] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", "-t", help="Seconds to search.", min=0.1)] = 30.0,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of CP-SAT.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", help="CP-SAT worker threads.", min=1)] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of CP-SAT.", min=0, max=2**31 - 1)] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="CP-SAT worker threads.", min=1, max=1024)] = 2,
     deterministic: Annotated[
         bool, typer.Option("--deterministic", help="One worker, deterministic time: same input, same output.")
     ] = False,

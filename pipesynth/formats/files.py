@@ -6,7 +6,9 @@ Writing (docs/design.md section 10) goes through a temporary file in the
 target's folder, flushed to disk and renamed over the target: a failed write
 leaves the old file whole. The new file keeps the mode of the file it
 replaces (or takes the umask's for a new one); a symlink is followed, so the
-file it points to is replaced and the link stays. `check_writable` finds an
+file it points to is replaced and the link stays. A device, pipe or socket
+(`-o /dev/stdout`, `/dev/null`) is written in place, never replaced.
+`check_writable` finds an
 unusable output before any work starts; `rescue=True` saves what could not
 be written next to the target, or in the temporary folder, and names it in
 the error, so long work (a search, a training run) is never lost.
@@ -15,6 +17,7 @@ the error, so long work (a search, a training run) is never lost.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -54,6 +57,18 @@ def output_path(path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def is_stream(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a device, pipe or socket (links followed), or under /dev or /proc (`/dev/stdout`
+    redirected to a file stays the shell's file): written in place, never replaced."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def check_writable(path: str | os.PathLike[str] | None) -> None:
     """Refuse (exit 2) an output that cannot be written, before the work that would fill it.
 
@@ -61,6 +76,11 @@ def check_writable(path: str | os.PathLike[str] | None) -> None:
     existing parent, which the write will create the rest under).
     """
     if path is None:
+        return
+    if is_stream(path):
+        if not os.path.exists(path) or not os.access(path, os.W_OK):
+            why = "Permission denied" if os.path.exists(path) else "No such file or directory"
+            raise PipesynthError(f"{path}: cannot write ({why})")
         return
     target = output_path(path)
     folder = target.parent
@@ -99,19 +119,24 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, rescue: boo
     A failure raises WriteError (exit 1); with `rescue`, the data is first
     saved elsewhere and the error names where.
     """
-    target = output_path(path)
+    stream = is_stream(path)
+    target = Path(path) if stream else output_path(path)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = write_new_file(target.parent, target.name, data, _mode_for(target))
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if stream:
+            with open(path, "wb") as f:
+                f.write(data)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = write_new_file(target.parent, target.name, data, _mode_for(target))
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
     except OSError as err:
         message = f"{path}: cannot write ({reason(err)})"
         if rescue:
-            message += keep_elsewhere(target.name, data, [target.parent])
+            message += keep_elsewhere(target.name, data, [] if stream else [target.parent])
         raise WriteError(message) from None
     return target
 

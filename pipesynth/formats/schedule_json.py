@@ -217,7 +217,7 @@ def schedule_from_dict(data: Any, size: int | None = None) -> Schedule:
     problem needing more is refused before anything is built for them.
     """
     if not isinstance(data, dict):
-        raise ScheduleFormatError(f"file: expected a JSON object, got {_show(data)}")
+        raise ScheduleFormatError(f"file: expected an object, got {_show(data)}")
     fmt = _get(data, "format", "", str)
     if fmt != FORMAT:
         raise ScheduleFormatError(f"format: unsupported version {fmt!r}; this reader knows {FORMAT!r}")
@@ -330,7 +330,7 @@ def load_problem(path: str | os.PathLike[str]) -> Problem:
     """A problem file: the `problem` object alone, or a whole schedule file (which must be valid)."""
     text = read_text(path)
     data = parse_json(text, str(path))
-    if isinstance(data, dict) and "format" in data:
+    if isinstance(data, dict) and {"format", "problem", "actions"} & set(data):
         schedule = schedule_from_dict(data, size=len(text))
         check_rules(schedule)
         return schedule.problem
