@@ -120,6 +120,8 @@ def describe(err: BaseException) -> tuple[str, int]:
         return str(err), err.exit_code
     if isinstance(err, KeyboardInterrupt):
         return f"interrupted ({signal_name(err)})", exit_code_of(err)
+    if isinstance(err, BrokenPipeError) and err.filename is None:
+        return "stdout: cannot write (the reader closed the pipe)", 1
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror or err}", 1
