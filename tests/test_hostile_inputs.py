@@ -187,3 +187,19 @@ def test_every_bad_option_is_one_error_line_with_exit_2(args, fragment, tmp_path
     (tmp_path / "0F0.csv").write_text("0F0,0B0\n")
     assert_error(run(*args, "-q") if args[0] == "solve" else run(*args), fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0F0.csv", "ok.json"]  # nothing was written
+
+
+@pytest.mark.parametrize("escaped", [False, True], ids=["plain", "with escapes"])
+def test_brackets_inside_strings_are_not_nesting(escaped):
+    data = json.loads(schedule_json.dumps(generate("1f1b", 2, 2)))
+    data["name"] = ("\\" if escaped else "") + "[" * 100 + "{" * 100
+    data["provenance"] = {"note": '"]]]' if escaped else "]]]"}
+    schedule = schedule_json.loads(json.dumps(data))
+    assert schedule.name == data["name"] and schedule.provenance == data["provenance"]
+
+
+def test_a_problem_of_100000_devices_is_checked_in_linear_time():
+    from pipesynth.core.problem import make_problem, one_f_one_b_peak
+
+    problem = make_problem(100_000, 1)  # quadratic checks would take hours
+    assert problem.stages_on(99_999) == [99_999] and one_f_one_b_peak(problem)[-1] == 1.0

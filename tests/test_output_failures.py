@@ -232,3 +232,13 @@ def test_a_schedule_that_stdout_cannot_take_is_saved_elsewhere(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: stdout: cannot write (No space left on device); the result is saved in ")
     assert is_schedule(Path(line.rsplit(" ", 1)[1]))
+
+
+def test_when_nowhere_takes_the_result_the_error_says_so(inputs, disk):
+    folder = inputs / "full"
+    folder.mkdir()
+    disk.full(folder)
+    disk.full(inputs / "tmp")
+    result = run("solve", "-d", 2, "-m", 2, "-q", "-t", 1, "--deterministic", "-o", folder / "out.json")
+    line = one_error_line(result, 1, "out.json: cannot write (No space left on device)")
+    assert line.endswith("; the result could not be saved elsewhere either (No space left on device)")

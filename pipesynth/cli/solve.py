@@ -151,12 +151,12 @@ def solve(
             emit(dumps(result.schedule), rescue_as="solved.json")
         else:
             save(result.schedule, output, rescue=True)
-        where = "" if output is None else f" -> {output}"
-        typer.echo(
-            f"{summary(result.schedule)}{where}\n{result.status}: lower bound {result.lower_bound:g},"
-            f" gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
-            err=True,
-        )
+    where = "" if output is None else f" -> {output}"
+    typer.echo(
+        f"{summary(result.schedule)}{where}\n{result.status}: lower bound {result.lower_bound:g},"
+        f" gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
+        err=True,
+    )
     if stop is not None:
         typer.echo("interrupted: this is the best schedule found so far; it is not proven optimal", err=True)
         raise typer.Exit(exit_code_of(stop))
