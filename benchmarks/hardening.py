@@ -78,7 +78,7 @@ def train_stops(folder: Path) -> list[tuple[str, int, float, int, int]]:
     for how in ("SIGINT to the launcher", "SIGINT to the process group", "SIGTERM", "SIGHUP", "SIGSTOP a rank"):
         args = ["train", "s.json", "--steps", "100000", "--timeout", "3", "--report", "run.json"]
         with open(folder / "out", "w") as out:
-            proc = child(args, folder, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = child(args, folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         while "step 3/" not in (folder / "out").read_text():
             time.sleep(0.02)
         ranks = _ranks(proc.pid)
@@ -92,7 +92,7 @@ def train_stops(folder: Path) -> list[tuple[str, int, float, int, int]]:
         left = list((folder / "tmp").glob("pipesynth-*"))
         rows.append((how, code, seconds, sum(_alive(r) for r in ranks), len(left)))
     with open(folder / "out", "w") as out:
-        proc = child(["train", "s.json", "--steps", "100000"], folder, stdout=out, stderr=subprocess.DEVNULL)
+        proc = child(["train", "s.json", "--steps", "100000"], folder, stdout=out, stderr=subprocess.STDOUT)
     while "step 3/" not in (folder / "out").read_text():
         time.sleep(0.02)
     ranks = _ranks(proc.pid)
