@@ -203,3 +203,21 @@ def test_a_problem_of_100000_devices_is_checked_in_linear_time():
 
     problem = make_problem(100_000, 1)  # quadratic checks would take hours
     assert problem.stages_on(99_999) == [99_999] and one_f_one_b_peak(problem)[-1] == 1.0
+
+
+def test_show_refuses_a_broken_schedule_and_force_draws_it_with_the_faults_marked(tmp_path):
+    data = json.loads(schedule_json.dumps(generate("zb-h1", 2, 2)))
+    data["actions"][0].append(dict(data["actions"][0][1]))  # F of stage 0 microbatch 1 twice
+    data["actions"][1].pop()  # W of stage 1 microbatch 1 missing
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(data))
+    assert_error(run("show", path), "appears twice (first at actions[0][1]) (and 1 more); --force draws it")
+    forced = run("show", path, "--force", "--no-color", "--width", 40, "--out", tmp_path / "broken.png")
+    assert forced.exit_code == 0, forced.output
+    assert forced.stderr.splitlines() == [
+        "warning: actions[0][6]: F of stage 0 microbatch 1 appears twice (first at actions[0][1])",
+        "warning: missing: W of stage 1 microbatch 1 (device 1) is never run",
+    ]
+    device0 = next(line for line in forced.stdout.splitlines() if line.startswith("dev 0"))
+    assert device0.count("!") == 2 and "! breaks a rule" in forced.stdout  # both copies of the pass
+    assert (tmp_path / "broken.png").read_bytes().startswith(b"\x89PNG")
