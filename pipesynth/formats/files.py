@@ -149,7 +149,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, rescue: bool =
 def _mode_for(target: Path) -> int:
     """The permission bits of the file being replaced, or those the umask gives a new file."""
     try:
-        return target.stat().st_mode & 0o7777
+        return target.stat().st_mode & 0o777  # not setuid, setgid or sticky: a new file does not inherit those
     except OSError:
         return 0o666 & ~_umask()
 
