@@ -25,7 +25,7 @@ from torch import nn
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.schedule_json import dumps, loads
-from pipesynth.runtime.launch import launch
+from pipesynth.runtime.launch import LaunchInterrupted, launch, report_progress
 from pipesynth.runtime.llama import LlamaSize
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.models import GPTConfig, MarkovText, even_counts, gpt_stages, lm_loss, tiny_gpt
@@ -98,6 +98,7 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
     data = MarkovText(cfg.vocab, cfg.seed)
     autocast = PRECISIONS[cfg.precision]
     scaler = None
+    executor = None  # the unpipelined reference has none
     if schedule is None:
         mine = {0: model}
         meter = ActivationMeter()
@@ -153,19 +154,23 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
             losses.append(loss.item())
             if progress is not None:
                 progress.step(step + 1, losses[-1], sum(seconds) / len(seconds))
-    report: dict[str, Any] = {
-        "rank": rank,
-        "stages": sorted(mine),
-        "step_seconds": seconds,
-        "measured_peak_bytes": peak,
-    }
-    if schedule is not None and executor is not None:
+        report_progress(_rank_report(rank, sorted(mine), seconds, peak, losses, executor))
+    return _rank_report(rank, sorted(mine), seconds, peak, losses, executor)
+
+
+def _rank_report(
+    rank: int, stages: list[int], seconds: list[float], peak: int, losses: list[float], executor: Any
+) -> dict[str, Any]:
+    """One rank's figures so far (with the executor's predictions when pipelined)."""
+    report: dict[str, Any] = {"rank": rank, "stages": stages, "step_seconds": list(seconds)}
+    report["measured_peak_bytes"] = peak
+    if executor is not None:
         report["predicted_peak_bytes"] = executor.predicted_peak_bytes()
         report["stage_bytes"] = {str(s): list(b) for s, b in sorted(executor.stage_bytes().items())}
         if executor.stats.cuda_peak_bytes is not None:
             report["cuda_peak_bytes"] = executor.stats.cuda_peak_bytes
     if losses:
-        report["losses"] = losses
+        report["losses"] = list(losses)
     return report
 
 
@@ -201,8 +206,17 @@ def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None)
         raise PipesynthError(
             f"ranks: the schedule runs on {schedule.problem.devices} ranks; give that or 1 (the unpipelined reference)"
         )
-    per_rank = launch(train_rank, ranks, dumps(schedule), cfg, device=cfg.device, timeout=cfg.timeout)
-    losses = next(r["losses"] for r in per_rank if "losses" in r)
+    try:
+        per_rank = launch(train_rank, ranks, dumps(schedule), cfg, device=cfg.device, timeout=cfg.timeout)
+    except LaunchInterrupted as stop:  # the report so far, for the caller to keep
+        stop.report = _report(schedule, cfg, ranks, [r for r in stop.partial if r is not None])
+        raise
+    return _report(schedule, cfg, ranks, per_rank)
+
+
+def _report(schedule: Schedule, cfg: TrainConfig, ranks: int, per_rank: list[dict]) -> dict[str, Any]:
+    """The run's report from the ranks' ones: the losses (of the last stage's rank) once, then each rank's figures."""
+    losses = next((r["losses"] for r in per_rank if "losses" in r), [])
     for r in per_rank:
         r.pop("losses", None)
     return {

@@ -51,7 +51,7 @@ def test_infeasible_cap_exits_2_naming_the_smallest_feasible_cap(tmp_path):
     result = run("solve", "-d", 4, "-m", 8, "--memory", "1.5", *FAST, "-o", tmp_path / "s.json")
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "infeasible: no schedule fits 1.5 units on device 0; the smallest feasible cap is 2"
+        "error: infeasible: no schedule fits 1.5 units on device 0; the smallest feasible cap is 2"
     )
     assert not (tmp_path / "s.json").exists()
 

@@ -61,7 +61,7 @@ def test_relative_cap_is_a_share_of_1f1b_peak_per_device():
         (lambda: make_problem(2, 2, cost={"B": -1}), "cost.B[0]: must be non-negative, got -1"),
         (lambda: make_problem(2, 2, activation=1, kept_for_w=2), "memory.kept_for_w[0]: 2 exceeds the activation 1"),
         (lambda: make_problem(2, 2, cap=[1]), "memory.cap: expected 2 values (one per device), got 1"),
-        (lambda: make_problem(2, 2, comm=float("nan")), "comm: must be non-negative"),
+        (lambda: make_problem(2, 2, comm=float("nan")), "comm: expected a finite number, got nan"),
         (lambda: parse_cap("half", make_problem(2, 2)), "memory: cannot read 'half'"),
     ],
 )

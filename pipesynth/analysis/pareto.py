@@ -12,6 +12,7 @@ model (2D chunk units).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipesynth.construct import GENERATORS, get_generator, problem_for
 from pipesynth.core.problem import PerStage, Problem, one_f_one_b_peak, parse_cap
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import InfeasibleError, PipesynthError
+from pipesynth.formats.files import write_bytes_atomic
 
 EPS = 1e-9
 
@@ -161,8 +163,11 @@ def solver_points(
     return points, skipped
 
 
-def pareto_figure(points: list[ParetoPoint], path: str | Path, title: str = "") -> Path:
-    """Scatter plot of bubble rate against memory relative to 1F1B, to PNG or SVG; returns the path."""
+def pareto_figure(points: list[ParetoPoint], path: str | Path, title: str = "", rescue: bool = False) -> Path:
+    """Scatter plot of bubble rate against memory relative to 1F1B, to PNG or SVG; returns the path.
+
+    Written atomically (`rescue`: kept elsewhere if that fails, see files.write_bytes_atomic).
+    """
     target = Path(path)
     if target.suffix.lower() not in (".png", ".svg"):
         raise PipesynthError(f"{target}: picture format must be .png or .svg, got {target.suffix or 'no suffix'!r}")
@@ -189,5 +194,6 @@ def pareto_figure(points: list[ParetoPoint], path: str | Path, title: str = "") 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(target)
-    return target
+    picture = io.BytesIO()
+    fig.savefig(picture, format=target.suffix.lower().lstrip("."))
+    return write_bytes_atomic(target, picture.getvalue(), rescue=rescue)

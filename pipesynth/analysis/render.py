@@ -9,15 +9,18 @@ imported only when a picture is asked for).
 
 from __future__ import annotations
 
+import io
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence, Set
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipesynth.core.schedule import Schedule
+from pipesynth.core.problem import Problem
+from pipesynth.core.schedule import Action, Schedule
 from pipesynth.core.units import Units, format_time, time_label, time_scale
-from pipesynth.errors import PipesynthError
+from pipesynth.errors import InvalidScheduleError, PipesynthError
+from pipesynth.formats.files import write_bytes_atomic
 
 #: Box colors per pass, one shade per chunk (darker for later chunks), as in
 #: the Zero Bubble and V-shape papers' figures: F blue, B teal/green, W purple.
@@ -34,11 +37,13 @@ ANSI = {
 }
 IDLE = "."
 MICRO = "\u00b5s"  # the picture's axis may spell microseconds properly
+#: How a pass that breaks a rule is drawn in a picture (`show --force`).
+FAULT_EDGE = {"edgecolor": "#d62728", "lw": 1.5, "hatch": "//"}
 
 
 @dataclass(frozen=True)
 class Bar:
-    """One pass drawn as a box from `start` to `end` on its device's row."""
+    """One pass drawn as a box from `start` to `end` on its device's row; `fault` marks a pass that breaks a rule."""
 
     start: float
     end: float
@@ -46,23 +51,43 @@ class Bar:
     stage: int
     mb: int
     chunk: int = 0
+    fault: bool = False
 
 
-def schedule_bars(schedule: Schedule) -> list[list[Bar]]:
+def schedule_bars(schedule: Schedule, faults: Set[tuple[int, int]] = frozenset()) -> list[list[Bar]]:
     """One row of bars per device; `chunk` is the stage's index among its device's stages.
 
-    Uses the schedule's planned times, or simulates it when any are missing.
+    Uses the schedule's planned times, or simulates it when any are missing;
+    a schedule that cannot be simulated (drawn anyway, `show --force`) runs
+    each device's passes back to back. `faults` holds the (device, position)
+    of passes to mark.
     """
     if any(a.start is None or a.end is None for a in schedule.all_actions()):
         from pipesynth.core.simulate import simulate
 
-        schedule = simulate(schedule).timed_schedule()
+        try:
+            schedule = simulate(schedule).timed_schedule()
+        except InvalidScheduleError:
+            schedule = replace(schedule, actions=[_back_to_back(schedule.problem, dev) for dev in schedule.actions])
     problem = schedule.problem
     chunk_of = {}
     for d in range(problem.devices):
         for c, s in enumerate(problem.stages_on(d)):
             chunk_of[s] = c
-    return [[Bar(a.start, a.end, a.op, a.stage, a.mb, chunk_of[a.stage]) for a in dev] for dev in schedule.actions]
+    return [
+        [Bar(a.start, a.end, a.op, a.stage, a.mb, chunk_of[a.stage], (d, k) in faults) for k, a in enumerate(dev)]
+        for d, dev in enumerate(schedule.actions)
+    ]
+
+
+def _back_to_back(problem: Problem, actions: list[Action]) -> list[Action]:
+    """One device's passes one after another from time 0, ignoring what they wait for."""
+    out, now = [], 0.0
+    for a in actions:
+        end = now + problem.cost(a.op, a.stage)
+        out.append(replace(a, start=now, end=end))
+        now = end
+    return out
 
 
 def _span(rows: Sequence[Sequence[Bar]]) -> tuple[float, float]:
@@ -104,12 +129,13 @@ def time_per_column(rows: Sequence[Sequence[Bar]], width: int) -> float:
 
 
 def _box_label(bar: Bar, width: int, color: bool) -> str:
-    """`F3`, or in narrow boxes the microbatch alone (color tells the pass) or the pass alone."""
+    """`F3`, or in narrow boxes the microbatch alone (color tells the pass) or the pass alone; `!` marks a fault."""
     op = bar.op if bar.chunk == 0 else bar.op.lower()
-    for label in (f"{op}{bar.mb}", str(bar.mb) if color else op, op):
+    mark = "!" if bar.fault else ""
+    for label in (f"{mark}{op}{bar.mb}", f"{mark}{bar.mb}" if color else f"{mark}{op}", mark + op, mark or op):
         if len(label) <= width:
             return label.ljust(width)
-    return op[:width]
+    return (mark or op)[:width]
 
 
 def gantt_text(
@@ -153,6 +179,8 @@ def gantt_text(
                 cells[c0:c1] = list(text)
         lines.append(f"{label.rjust(pad)} |{''.join(cells)}|")
     legend = "F forward, B input gradient, W weight gradient; digits: microbatch; lower case: chunk >= 1"
+    if any(bar.fault for row in rows for bar in row):
+        legend += "; ! breaks a rule"
     column, span = _time_text(scale, units), _time_text(t1 - t0, units)
     lines.append(f"{' ' * pad}  {legend}; '{IDLE}' idle; 1 column = {column}, span {span}")
     return "\n".join(lines)
@@ -201,7 +229,8 @@ def gantt_figure(
         for bar in row:
             face = _shade(COLORS, bar.op, bar.chunk)
             used[(bar.op, bar.chunk)] = face
-            ax.barh(d, bar.end - bar.start, left=bar.start - t0, height=0.8, color=face, edgecolor="white", lw=0.5)
+            edge = FAULT_EDGE if bar.fault else {"edgecolor": "white", "lw": 0.5}
+            ax.barh(d, bar.end - bar.start, left=bar.start - t0, height=0.8, color=face, **edge)
             text = str(bar.mb)
             size = min(9.0, 0.7 * (bar.end - bar.start) * points_per_unit / max(len(text), 1))
             if size >= 4:
@@ -223,6 +252,6 @@ def gantt_figure(
         for (op, chunk), face in sorted(used.items(), key=lambda kv: ("FBW".find(kv[0][0]), kv[0][1]))
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, format=fmt, bbox_inches="tight", dpi=120)
-    return target
+    picture = io.BytesIO()
+    fig.savefig(picture, format=fmt, bbox_inches="tight", dpi=120)
+    return write_bytes_atomic(target, picture.getvalue())

@@ -19,6 +19,7 @@ from pipesynth.construct.vshape import BLOCKS, v_block
 from pipesynth.core.units import format_time, memory_label, time_label
 from pipesynth.core.validate import find_violations
 from pipesynth.errors import PipesynthError
+from pipesynth.formats.files import check_writable
 from pipesynth.formats.schedule_json import dumps, save
 
 
@@ -47,6 +48,7 @@ def schedule(
 
     Example: pipesynth schedule zb-h1 -d 4 -m 8 --cost F=3,B=4,W=2 -o zb-h1.json
     """
+    check_writable(output)
     result = generate(
         name,
         devices,
@@ -119,6 +121,7 @@ def block(
 
     Example: pipesynth block v-half --devices 4 --cost F=3,B=4,W=2
     """
+    check_writable(out)
     problem = problem_for(name if name in BLOCKS else "v-min", devices, 1, cost=parse_cost(cost), comm=comm)
     blk = v_block(problem, name)
     rows = block_bars(blk)
@@ -151,7 +154,10 @@ def pareto(
     With --solve, the solver's schedules at a sweep of caps join the table and plot.
     Example: pipesynth pareto --devices 8 --microbatches 32 --cost F=3,B=4,W=2 --out pareto.png
     """
+    check_writable(out)
     schedules, skipped = same_model_schedules(devices, microbatches, parse_cost(cost), comm)
+    if not schedules:
+        raise PipesynthError(f"no schedule family runs this case; {skipped[0]}")
     points = pareto_points(schedules)
     if solve:
         from pipesynth.analysis.pareto import solver_points  # OR-Tools only when asked
@@ -166,4 +172,4 @@ def pareto(
             typer.echo(f"skipped {note}", err=True)
     if out is not None:
         title = f"{devices} devices, {microbatches} microbatches" + (f", cost {cost}" if cost else "")
-        typer.echo(f"-> {pareto_figure(points, out, title)}", err=as_json)
+        typer.echo(f"-> {pareto_figure(points, out, title, rescue=solve)}", err=as_json)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +18,8 @@ from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import simulate as run_simulation
 from pipesynth.core.units import format_memories, format_memory, format_time, memory_label, time_label
 from pipesynth.core.validate import find_violations
-from pipesynth.errors import InvalidScheduleError
+from pipesynth.errors import InvalidScheduleError, PipesynthError
+from pipesynth.formats.files import check_writable
 from pipesynth.formats.schedule_json import load
 
 FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file.", show_default=False)
@@ -42,7 +45,7 @@ def validate(file: Path = FILE) -> None:
 
     Example: pipesynth validate schedules/zb-h1-d4-m8.json
     """
-    schedule = load(file)
+    schedule = load(file, validate=False)
     violations = find_violations(schedule)
     if violations:
         for v in violations:
@@ -63,9 +66,6 @@ def simulate(
     Example: pipesynth simulate schedules/zb-h1-d4-m8.json --json
     """
     schedule = load(file)
-    violations = find_violations(schedule)
-    if violations:
-        raise InvalidScheduleError(violations)
     sim = run_simulation(schedule)
     units = schedule.problem.units
     figures = {
@@ -76,7 +76,7 @@ def simulate(
         "units": {"time": time_label(units), "memory": memory_label(units)},
     }
     if as_json:
-        typer.echo(json.dumps(figures))
+        typer.echo(json.dumps(figures, allow_nan=False))
         return
     typer.echo(
         f"{schedule.name or file}: makespan {format_time(sim.makespan, units)}, bubble rate {sim.bubble_rate:.4f}"
@@ -93,6 +93,9 @@ def show(
     color: Annotated[
         bool | None, typer.Option("--color/--no-color", help="ANSI colors (default: on a terminal).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Draw a schedule that breaks the rules, its faults marked with !.")
+    ] = False,
 ) -> None:
     """Draw a schedule as a Gantt chart (terminal, PNG, SVG).
 
@@ -100,8 +103,17 @@ def show(
 
     Example: pipesynth show zb-h1.json --out zb-h1.png
     """
-    sched = load(file)
-    rows = schedule_bars(sched)
+    check_writable(out)
+    sched = load(file, validate=False)
+    violations = find_violations(sched)
+    if violations and not force:
+        raise PipesynthError(f"{InvalidScheduleError(violations)}; --force draws it with the faults marked")
+    for v in violations:
+        typer.echo(f"warning: {v}", err=True)
+    if violations:  # stored times and figures may be what is wrong: draw by the rules, or back to back
+        plain = [[replace(a, start=None, end=None) for a in dev] for dev in sched.actions]
+        sched = replace(sched, actions=plain, metrics=None)
+    rows = schedule_bars(sched, faults=faults_of(violations))
     if width is None:
         width = min(natural_width(rows), max(20, shutil.get_terminal_size().columns - 10))
     typer.echo(summary(sched))
@@ -110,3 +122,8 @@ def show(
     if out is not None:
         path = gantt_figure(rows, out, title=summary(sched), units=units)
         typer.echo(f"chart written to {path}")
+
+
+def faults_of(violations: list[str]) -> set[tuple[int, int]]:
+    """(device, position) of every action a violation names (`actions[1][4]...`)."""
+    return {(int(d), int(k)) for v in violations for d, k in re.findall(r"actions\[(\d+)\]\[(\d+)\]", v)}

@@ -9,9 +9,7 @@ import typer
 
 from pipesynth.cli import command
 from pipesynth.cli.options import parse_cost, parse_numbers
-from pipesynth.core.validate import find_violations
-from pipesynth.errors import InvalidScheduleError
-from pipesynth.formats.files import write_text_atomic
+from pipesynth.formats.files import check_writable, write_text_atomic
 from pipesynth.formats.schedule_json import dumps, load
 from pipesynth.formats.torch_csv import (
     load_torch_csv,
@@ -54,10 +52,8 @@ def export(file: Path = SCHEDULE, to: ExportFormat = TO, output: Path | None = O
 
     Example: pipesynth export schedules/zb-h1-d4-m8.json --to torch-csv -o zb-h1.csv
     """
+    check_writable(output)
     schedule = load(file)
-    violations = find_violations(schedule)
-    if violations:
-        raise InvalidScheduleError([f"{file}: {v}" for v in violations])
     _write(to_torch_csv(schedule), output)
     if output is not None:
         write_text_atomic(placement_path(output), placement_json(schedule))
@@ -83,6 +79,7 @@ def import_(
 
     Example: pipesynth import zb-h1.csv -o zb-h1.json --cost F=1,B=1,W=1
     """
+    check_writable(output)
     schedule = load_torch_csv(
         file,
         name=name or file.stem,

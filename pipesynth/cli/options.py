@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pipesynth.core.problem import OPS, PerStage
 from pipesynth.errors import PipesynthError
 
@@ -13,6 +15,8 @@ def parse_numbers(text: str, field: str) -> PerStage:
         values = [float(p) for p in parts]
     except ValueError:
         raise PipesynthError(f"{field}: cannot read {text!r} as a number or a colon-separated list") from None
+    if not all(math.isfinite(v) for v in values):
+        raise PipesynthError(f"{field}: {text!r} is not a finite number")
     return values[0] if len(values) == 1 else values
 
 

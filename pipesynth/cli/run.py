@@ -11,7 +11,7 @@ from pipesynth.cli import command
 from pipesynth.core.problem import PLACEMENTS, placement_for
 from pipesynth.core.units import format_bytes
 from pipesynth.errors import PipesynthError
-from pipesynth.formats.files import write_text_atomic
+from pipesynth.formats.files import check_writable, write_text_atomic
 from pipesynth.formats.schedule_json import load, save_problem
 
 FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file.", show_default=False)
@@ -26,7 +26,7 @@ def train(
     precision: str = typer.Option("fp32", help="fp32, or bf16 / fp16 under torch.autocast (fp16 with a loss scaler)."),
     runtime: str = typer.Option("pipesynth", help="pipesynth (our executor) or torch (torch's CSV runtime)."),
     steps: int = typer.Option(20, min=1, help="Training steps."),
-    seed: int = typer.Option(0, help="Seed of the model weights and the data."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the model weights and the data."),
     ranks: int = typer.Option(None, help="Ranks to start: the schedule's devices (default), or 1 for the reference."),
     microbatch_size: int = typer.Option(2, min=1, help="Sequences per microbatch."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
@@ -41,7 +41,9 @@ def train(
     Example: pipesynth train schedules/1f1b-d4-m8.json --steps 20 --report run.json
     (--model tiny-llama --precision bf16 --runtime torch: a Hugging Face Llama, autocast, torch's runtime)
     """
+    check_writable(report)
     schedule = load(file)
+    from pipesynth.runtime.launch import LaunchInterrupted
     from pipesynth.runtime.train import TrainConfig, run_training  # torch only when training
 
     cfg = TrainConfig(
@@ -57,7 +59,17 @@ def train(
         progress=True,
     )
     cfg.check()
-    result = run_training(schedule, cfg, ranks)
+    try:
+        result = run_training(schedule, cfg, ranks)
+    except LaunchInterrupted as stop:  # every rank stopped: one line, and the report so far
+        done = len(stop.report["losses"]) if stop.report else 0
+        kept = ""
+        if report is not None and stop.report is not None:
+            write_text_atomic(report, json.dumps(stop.report, indent=2) + "\n", rescue=True)
+            kept = f"; the report so far is in {report}"
+        typer.echo("")  # ends the progress line
+        typer.echo(f"{stop}, after {done} of {steps} steps{kept}", err=True)
+        raise typer.Exit(stop.exit_code) from None
     losses = result["losses"]
     typer.echo(f"{schedule.name or file}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
     for r in result["ranks"]:
@@ -67,7 +79,7 @@ def train(
         measured = f"peak activation {r['measured_peak_bytes'] / 1024:.1f} KiB{pred}, " if runtime != "torch" else ""
         typer.echo(f"  rank {r['rank']}: {measured}{step_time * 1000:.1f} ms/step")
     if report is not None:
-        write_text_atomic(report, json.dumps(result, indent=2) + "\n")
+        write_text_atomic(report, json.dumps(result, indent=2) + "\n", rescue=True)
         typer.echo(f"report written to {report}")
 
 
@@ -99,9 +111,11 @@ def profile(
     """
     if model != "tiny-gpt":
         raise PipesynthError(f"model: unknown {model!r}; available: tiny-gpt (profile your own with the Python API)")
+    check_writable(output)
     stages = len(placement_for(placement, devices, chunks))
     import torch  # noqa: F401  (only here: `import pipesynth` must not need torch)
 
+    from pipesynth.runtime.launch import backend_for
     from pipesynth.runtime.models import GPTConfig, MarkovText, gpt_stages, lm_loss, tiny_gpt
     from pipesynth.runtime.profile import profile_stages
 
@@ -111,11 +125,12 @@ def profile(
             f"model: the tiny GPT has {blocks} blocks and cannot be split into {stages} stages "
             f"({placement} on {devices} devices); give --blocks {stages} or more"
         )
+    backend_for(device)  # a device torch cannot use is bad input
     modules = [m.to(device) for m in gpt_stages(tiny_gpt(cfg, seed=0), stages)]
     x, y = MarkovText(cfg.vocab, 0).batch(0, microbatch_size, seq_len)
     result = profile_stages(modules, x, y, lm_loss, repeats=repeats, warmup=warmup, threads=threads, comm=comm)
     problem = result.problem(devices, microbatches, placement, chunks=chunks, split_backward=split_backward)
-    save_problem(problem, output)
+    save_problem(problem, output, rescue=True)
     typer.echo(f"{'stage':>5} {'device':>6} {'F us':>8} {'B us':>8} {'W us':>8} {'activation':>24}")
     for p, d, act in zip(result.stages, problem.placement, problem.activation):
         typer.echo(

@@ -10,13 +10,15 @@ from typing import Annotated
 
 import typer
 
-from pipesynth.cli import command
+from pipesynth.cli import command, emit
 from pipesynth.cli.check import summary
 from pipesynth.cli.options import parse_cost, parse_numbers
 from pipesynth.core.problem import PLACEMENTS, Problem, make_problem, parse_cap
 from pipesynth.core.units import format_time
-from pipesynth.errors import InfeasibleError, PipesynthError
+from pipesynth.errors import PipesynthError
+from pipesynth.formats.files import check_writable
 from pipesynth.formats.schedule_json import dumps, load_problem, save
+from pipesynth.interrupts import deferred, exit_code_of, signal_name
 from pipesynth.solver import ProgressEvent, SolveResult, SolverParams
 from pipesynth.solver import solve as run_solver
 
@@ -108,8 +110,8 @@ def solve(
         Path | None, typer.Option("--problem", help="Read the problem (schedule-file `problem` object) from FILE.")
     ] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", "-t", help="Seconds to search.", min=0.1)] = 30.0,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of CP-SAT.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", help="CP-SAT worker threads.", min=1)] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of CP-SAT.", min=0, max=2**31 - 1)] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="CP-SAT worker threads.", min=1, max=1024)] = 2,
     deterministic: Annotated[
         bool, typer.Option("--deterministic", help="One worker, deterministic time: same input, same output.")
     ] = False,
@@ -120,9 +122,11 @@ def solve(
 
     It says how far from optimal the schedule can be (a proven lower bound).
 
-    Ctrl-C stops the search and writes the best schedule found so far (exit 130).
+    Ctrl-C (or SIGTERM, SIGHUP) stops the search and writes the best schedule found so far
+    (exit 128 + the signal: 130 for Ctrl-C); a second one stops at once.
     Example: pipesynth solve -d 8 -m 32 --placement v --memory 0.5x --cost F=3,B=4,W=2 -t 30 -o out.json
     """
+    check_writable(output)
     problem = build_problem(
         problem_file, devices, microbatches, placement, chunks, cost, comm, activation, kept_for_w, fused, memory
     )
@@ -141,25 +145,24 @@ def solve(
             done.set()
 
     threading.Thread(target=work, daemon=True).start()
-    interrupted = False
+    stop: KeyboardInterrupt | None = None
     while not done.is_set():
         try:
             time.sleep(0.1)  # not Thread.join: a Ctrl-C inside join can corrupt the thread's state (CPython 3.11)
-        except KeyboardInterrupt:
-            interrupted = True
-            typer.echo("interrupt: stopping the search, keeping the best schedule so far", err=True)
+        except KeyboardInterrupt as err:
+            if stop is not None:
+                raise  # a second signal: stop now, without the schedule
+            stop = err
+            typer.echo(f"interrupt ({signal_name(err)}): stopping the search, keeping the best so far", err=True)
             params.request_stop()
-    if "error" in outcome:
-        err = outcome["error"]
-        if isinstance(err, InfeasibleError):
-            typer.echo(str(err), err=True)
-            raise typer.Exit(2)
-        raise err
-    result = outcome["result"]
-    if output is None:
-        typer.echo(dumps(result.schedule), nl=False)
-    else:
-        save(result.schedule, output)
+    with deferred():  # a signal from here on waits until the schedule is saved
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
+        if output is None:
+            emit(dumps(result.schedule), rescue_as="solved.json")
+        else:
+            save(result.schedule, output, rescue=True)
     where = "" if output is None else f" -> {output}"
     bound = format_time(result.lower_bound, problem.units)
     typer.echo(
@@ -167,6 +170,6 @@ def solve(
         f" gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
         err=True,
     )
-    if interrupted:
+    if stop is not None:
         typer.echo("interrupted: this is the best schedule found so far; it is not proven optimal", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(exit_code_of(stop))

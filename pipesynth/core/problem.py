@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Literal
 
 from pipesynth.core.units import Units, parse_bytes
@@ -20,6 +21,14 @@ PLACEMENTS = ("linear", "loop", "v")
 
 Number = int | float
 PerStage = Number | Sequence[Number]
+
+#: Largest cost, comm, activation or cap: sums over every pass of the largest problem stay finite
+#: and exact to well below one unit (1e15 us is 31 years; 1e15 bytes a petabyte).
+MAX_VALUE = 1e15
+#: Most passes (stages x microbatches x passes per microbatch) one problem may have.
+MAX_PASSES = 10_000_000
+#: Most stages: every stage runs at least F and B of one microbatch.
+MAX_STAGES = MAX_PASSES // 2
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,15 @@ class Problem:
         return {"F": self.cost_f, "B": self.cost_b, "W": self.cost_w}[op][stage]
 
     def stages_on(self, device: int) -> list[int]:
-        return [s for s, d in enumerate(self.placement) if d == device]
+        return list(self._stages_by_device.get(device, ()))
+
+    @cached_property
+    def _stages_by_device(self) -> dict[int, tuple[int, ...]]:
+        """Device -> its stages in order, built once: per-device loops stay linear in the stages."""
+        by_device: dict[int, list[int]] = {}
+        for s, d in enumerate(self.placement):
+            by_device.setdefault(d, []).append(s)
+        return {d: tuple(stages) for d, stages in by_device.items()}
 
     def device_activation(self, device: int) -> float:
         """Activation one microbatch leaves on `device` across all its stages."""
@@ -95,6 +112,8 @@ def placement_for(kind: str, devices: int, chunks: int = 1) -> tuple[int, ...]:
     """Stage -> device for a named placement (docs/design.md section 1)."""
     if devices < 1:
         raise PipesynthError(f"devices: must be at least 1, got {devices}")
+    if devices * max(chunks if kind == "loop" else 2 if kind == "v" else 1, 1) > MAX_STAGES:
+        raise PipesynthError(f"devices: {devices} is more than pipesynth plans for (at most {MAX_STAGES} stages)")
     if kind == "linear":
         return tuple(range(devices))
     if kind == "loop":
@@ -131,9 +150,13 @@ def per_stage(value: PerStage, count: int, field: str, per: str = "stage") -> tu
 
 
 def _finite(value: Number, field: str) -> float:
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise PipesynthError(f"{field}: {value:.3g} is out of range (at most {MAX_VALUE:g})") from None
+    if not math.isfinite(number):
         raise PipesynthError(f"{field}: expected a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def make_problem(
@@ -156,6 +179,7 @@ def make_problem(
     """
     stage_devices = placement_for(placement, devices, chunks) if isinstance(placement, str) else tuple(placement)
     stages = len(stage_devices)
+    check_size(devices, microbatches, stages, len(OPS) if split_backward else 2)
     cost = {"F": 1.0, "B": 1.0, "W": 1.0, **(cost or {})}
     unknown = set(cost) - set(OPS)
     if unknown:
@@ -233,21 +257,41 @@ def _cap_value(part: str, spec: str, problem: Problem) -> float:
         ) from None
 
 
-def check_problem(problem: Problem) -> None:
-    """Reject inconsistent problems with a message naming the field at fault."""
-    p = problem
-    if p.devices < 1:
-        raise PipesynthError(f"devices: must be at least 1, got {p.devices}")
-    if p.microbatches < 1:
-        raise PipesynthError(f"microbatches: must be at least 1, got {p.microbatches}")
-    if not p.placement:
+def check_size(devices: int, microbatches: int, stages: int, passes_per_microbatch: int) -> None:
+    """Refuse counts beyond what pipesynth plans for, before anything is built for them.
+
+    Every device holds a stage, so there are at most as many devices as
+    stages; the passes of all stages and microbatches are bounded by
+    MAX_PASSES, so no hostile count can make a check or a simulation run for
+    minutes or fill memory.
+    """
+    if devices < 1:
+        raise PipesynthError(f"devices: must be at least 1, got {devices}")
+    if microbatches < 1:
+        raise PipesynthError(f"microbatches: must be at least 1, got {microbatches}")
+    if stages < 1:
         raise PipesynthError("placement: must list at least one stage")
+    if devices > stages:
+        raise PipesynthError(f"placement: device {stages} holds no stage ({devices} devices, {stages} stages)")
+    passes = stages * microbatches * passes_per_microbatch
+    if passes > MAX_PASSES:
+        raise PipesynthError(
+            f"microbatches: {stages} stages x {microbatches} microbatches make {passes} passes; "
+            f"pipesynth plans at most {MAX_PASSES}"
+        )
+
+
+def check_problem(problem: Problem) -> None:
+    """Reject inconsistent problems with a message naming the field at fault (linear time)."""
+    p = problem
+    check_size(p.devices, p.microbatches, p.stages, len(p.ops))
     for s, d in enumerate(p.placement):
         if not 0 <= d < p.devices:
             raise PipesynthError(f"placement[{s}]: device {d} is out of range 0..{p.devices - 1}")
-    for d in range(p.devices):
-        if d not in p.placement:
-            raise PipesynthError(f"placement: device {d} holds no stage")
+    held = set(p.placement)
+    if len(held) < p.devices:
+        idle = next(d for d in range(p.devices) if d not in held)
+        raise PipesynthError(f"placement: device {idle} holds no stage")
     fields = {
         "cost.F": p.cost_f,
         "cost.B": p.cost_b,
@@ -259,18 +303,23 @@ def check_problem(problem: Problem) -> None:
         if len(values) != p.stages:
             raise PipesynthError(f"{name}: expected {p.stages} values (one per stage), got {len(values)}")
         for s, v in enumerate(values):
-            if not math.isfinite(v):
-                raise PipesynthError(f"{name}[{s}]: expected a finite number, got {v!r}")
-            if v < 0:
-                raise PipesynthError(f"{name}[{s}]: must be non-negative, got {v:g}")
+            _check_value(v, f"{name}[{s}]")
     for s, (act, kept) in enumerate(zip(p.activation, p.kept_for_w)):
         if kept > act:
             raise PipesynthError(f"memory.kept_for_w[{s}]: {kept:g} exceeds the activation {act:g}")
-    if not math.isfinite(p.comm) or p.comm < 0:
-        raise PipesynthError(f"comm: must be non-negative, got {p.comm:g}")
+    _check_value(p.comm, "comm")
     if p.cap is not None:
         if len(p.cap) != p.devices:
             raise PipesynthError(f"memory.cap: expected {p.devices} values (one per device), got {len(p.cap)}")
         for d, c in enumerate(p.cap):
-            if math.isnan(c) or c < 0:
-                raise PipesynthError(f"memory.cap[{d}]: must be a non-negative number, got {c:g}")
+            _check_value(c, f"memory.cap[{d}]")
+
+
+def _check_value(value: float, field: str) -> None:
+    """A cost, comm, activation or cap: a finite number from 0 to MAX_VALUE."""
+    if not math.isfinite(value):
+        raise PipesynthError(f"{field}: expected a finite number, got {value!r}")
+    if value < 0:
+        raise PipesynthError(f"{field}: must be non-negative, got {value:g}")
+    if value > MAX_VALUE:
+        raise PipesynthError(f"{field}: {value:g} is out of range (at most {MAX_VALUE:g})")

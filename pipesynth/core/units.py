@@ -10,6 +10,7 @@ bytes humanised (KiB, MiB, GiB).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,8 +63,10 @@ def parse_bytes(text: str) -> float | None:
     if factor is None:
         known = ", ".join(s if s == "b" else s[0].upper() + s[1:-1] + "B" for s in _BYTE_SUFFIXES)
         raise PipesynthError(f"memory: unknown size suffix {suffix!r} in {text!r}; use one of {known}")
-    value = float(number) * (10 ** int(exponent) if exponent else 1)
-    return value * factor
+    value = float(f"{number}e{exponent or 0}") * factor  # a float exponent: 1e400 is inf, not a 400-digit int
+    if not math.isfinite(value):
+        raise PipesynthError(f"memory: {text!r} is out of range")
+    return value
 
 
 def byte_scale(value: float) -> tuple[float, str]:

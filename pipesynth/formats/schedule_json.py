@@ -1,9 +1,12 @@
 """Read and write `pipesynth.schedule/1` files (docs/design.md section 5).
 
-The reader checks types and names the field at fault; the rules a schedule
-must follow (every pass once, placement, deadlock, cap) are the validator's.
-Writing goes through a temporary file so a failed write leaves nothing half
-written.
+The reader is strict: the JSON text is checked for size, nesting and
+numbers before and while parsing (`json_text`), every object for unknown
+keys (only `provenance` and `plan` are free-form) and every field for its
+type and range, naming the field at fault; then `load`/`loads` validate the
+schedule against the rules, planned times and metrics included. The JSON
+Schema in schemas/ describes the same format for other tools. Writing goes
+through a temporary file so a failed write leaves nothing half written.
 """
 
 from __future__ import annotations
@@ -12,13 +15,25 @@ import json
 import os
 from typing import Any
 
-from pipesynth.core.problem import OPS, Problem, per_stage
+from pipesynth.core.problem import OPS, Problem, check_size, per_stage
 from pipesynth.core.schedule import Action, Metrics, Schedule
 from pipesynth.core.units import Units
+from pipesynth.core.validate import validate as check_rules
 from pipesynth.errors import PipesynthError, ScheduleFormatError
 from pipesynth.formats.files import read_text, write_text_atomic
+from pipesynth.formats.json_text import check_values, join, parse_json
 
 FORMAT = "pipesynth.schedule/1"
+
+#: The keys each object may have.
+SCHEDULE_KEYS = ("format", "name", "problem", "actions", "metrics", "provenance", "plan")
+PROBLEM_KEYS = ("devices", "microbatches", "placement", "split_backward", "cost", "comm", "memory", "units")
+MEMORY_KEYS = ("activation", "kept_for_w", "cap")
+UNITS_KEYS = ("time", "memory")
+ACTION_KEYS = ("op", "stage", "mb", "start", "end")
+METRICS_KEYS = ("makespan", "bubble_rate", "peak_memory")
+#: Fewest characters one action takes in a file (`{"op":"F","stage":0,"mb":0}`): bounds the passes a file can list.
+MIN_ACTION_BYTES = 27
 
 
 def _num(x: float) -> int | float:
@@ -52,17 +67,6 @@ def problem_to_dict(problem: Problem) -> dict[str, Any]:
     return out
 
 
-def _units(data: dict[str, Any], path: str) -> Units | None:
-    """The optional `units` object: what a time and a memory number mean (e.g. us, bytes)."""
-    raw = _get(data, "units", path, dict, required=False)
-    if raw is None:
-        return None
-    for key in raw:
-        if key not in ("time", "memory"):
-            raise ScheduleFormatError(f"{path}units.{key}: unknown key; expected time and memory")
-    return Units(time=_get(raw, "time", f"{path}units.", str), memory=_get(raw, "memory", f"{path}units.", str))
-
-
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     def action(a: Action) -> dict[str, Any]:
         out: dict[str, Any] = {"op": a.op, "stage": a.stage, "mb": a.mb}
@@ -89,22 +93,37 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     return out
 
 
-def _get(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
-    if key not in obj:
-        if required:
-            raise ScheduleFormatError(f"{path}{key}: missing")
-        return None
-    value = obj[key]
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise ScheduleFormatError(f"{path}{key}: expected {_kind_name(kinds)}, got {value!r}")
-    if not isinstance(value, kinds):
-        raise ScheduleFormatError(f"{path}{key}: expected {_kind_name(kinds)}, got {value!r}")
+def _object(value: Any, path: str, keys: tuple[str, ...], noun: str = "key") -> dict[str, Any]:
+    """`value` as an object whose keys are all among `keys` (else the first unknown one is named)."""
+    if not isinstance(value, dict):
+        raise ScheduleFormatError(f"{path or 'file'}: expected an object, got {_show(value)}")
+    for key in value:
+        if key not in keys:
+            expected = ", ".join(keys[:-1]) + " or " + keys[-1]
+            raise ScheduleFormatError(f"{join(path, key)}: unknown {noun}; expected {expected}")
     return value
 
 
-def _kind_name(kinds: type | tuple[type, ...]) -> str:
+def _get(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
+    """`obj[key]` of one of `kinds` (bool is never an int here); None when optional and absent."""
+    where = join(path, key)
+    if key not in obj:
+        if required:
+            raise ScheduleFormatError(f"{where}: missing")
+        return None
+    value = obj[key]
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise ScheduleFormatError(f"{where}: expected {_kind_name(kinds)}, got {_show(value)}")
+    return value
+
+
+def _show(value: Any) -> str:
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 40 else text[:36] + "..."
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
     names = {
         int: "an integer",
         float: "a number",
@@ -113,57 +132,55 @@ def _kind_name(kinds: type | tuple[type, ...]) -> str:
         list: "a list",
         dict: "an object",
     }
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
 NUMBER = (int, float)
 
 
-def problem_from_dict(data: Any, path: str = "problem.") -> Problem:
-    """A Problem from the `problem` object of a schedule file (or a problem file)."""
-    if not isinstance(data, dict):
-        raise ScheduleFormatError(f"{path.rstrip('.')}: expected an object")
+def _integers(values: list[Any], path: str, what: str) -> None:
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ScheduleFormatError(f"{path}[{i}]: expected an integer {what}, got {_show(v)}")
+
+
+def problem_from_dict(data: Any, path: str = "problem") -> Problem:
+    """A Problem from the `problem` object of a schedule file (or a problem file, `path=""`)."""
+    data = _object(data, path, PROBLEM_KEYS)
     devices = _get(data, "devices", path, int)
     microbatches = _get(data, "microbatches", path, int)
     placement = _get(data, "placement", path, list)
-    for s, d in enumerate(placement):
-        if isinstance(d, bool) or not isinstance(d, int):
-            raise ScheduleFormatError(f"{path}placement[{s}]: expected an integer device, got {d!r}")
+    _integers(placement, join(path, "placement"), "device")
     split = _get(data, "split_backward", path, bool, required=False)
     split = True if split is None else split
-    cost = _get(data, "cost", path, dict)
+    try:  # before any list is built per device or per pass
+        check_size(devices, microbatches, len(placement), len(OPS) if split else 2)
+    except PipesynthError as err:
+        raise ScheduleFormatError(f"{join(path, str(err))}") from None
+    cost = _object(_get(data, "cost", path, dict), join(path, "cost"), OPS, noun="pass")
     comm = _get(data, "comm", path, NUMBER, required=False) or 0
-    memory = _get(data, "memory", path, dict, required=False) or {}
+    memory = _object(_get(data, "memory", path, dict, required=False) or {}, join(path, "memory"), MEMORY_KEYS)
     stages = len(placement)
 
-    def stage_values(obj: dict[str, Any], key: str, where: str, default: Any = None) -> tuple[float, ...]:
+    def values(obj: dict[str, Any], key: str, where: str, count: int, per: str = "stage", default: Any = None):
         value = obj.get(key, default)
         if value is None:
-            raise ScheduleFormatError(f"{where}{key}: missing")
+            raise ScheduleFormatError(f"{join(where, key)}: missing")
         try:
-            return per_stage(value, stages, f"{where}{key}")
+            return per_stage(value, count, join(where, key), per=per)
         except PipesynthError as err:
             raise ScheduleFormatError(str(err)) from None
 
-    for key in cost:
-        if key not in OPS:
-            raise ScheduleFormatError(f"{path}cost.{key}: unknown pass; expected F, B or W")
     if not split and "W" in cost:
-        raise ScheduleFormatError(f"{path}cost.W: must be absent when split_backward is false")
-    cost_f = stage_values(cost, "F", f"{path}cost.")
-    cost_b = stage_values(cost, "B", f"{path}cost.")
-    cost_w = stage_values(cost, "W", f"{path}cost.") if split else tuple(0.0 for _ in placement)
-    activation = stage_values(memory, "activation", f"{path}memory.", default=1)
-    kept = stage_values(memory, "kept_for_w", f"{path}memory.", default=list(activation))
-    cap_value = memory.get("cap")
-    cap = None
-    if cap_value is not None:
-        try:
-            cap = per_stage(cap_value, devices, f"{path}memory.cap", per="device")
-        except PipesynthError as err:
-            raise ScheduleFormatError(str(err)) from None
-    units = _units(data, path)
+        raise ScheduleFormatError(f"{join(path, 'cost.W')}: must be absent when split_backward is false")
+    where = join(path, "cost")
+    cost_f = values(cost, "F", where, stages)
+    cost_b = values(cost, "B", where, stages)
+    cost_w = values(cost, "W", where, stages) if split else tuple(0.0 for _ in placement)
+    where = join(path, "memory")
+    activation = values(memory, "activation", where, stages, default=1)
+    kept = values(memory, "kept_for_w", where, stages, default=list(activation))
+    cap = None if memory.get("cap") is None else values(memory, "cap", where, devices, per="device")
     try:
         return Problem(
             devices=devices,
@@ -177,62 +194,97 @@ def problem_from_dict(data: Any, path: str = "problem.") -> Problem:
             split_backward=split,
             comm=float(comm),
             cap=cap,
-            units=units,
+            units=_units(data, path),
         )
     except PipesynthError as err:
-        raise ScheduleFormatError(f"{path}{err}") from None
+        raise ScheduleFormatError(join(path, str(err))) from None
 
 
-def schedule_from_dict(data: Any) -> Schedule:
+def _units(data: dict[str, Any], path: str) -> Units | None:
+    """The optional `units` object: what a time and a memory number mean (e.g. us, bytes)."""
+    raw = _get(data, "units", path, dict, required=False)
+    if raw is None:
+        return None
+    where = join(path, "units")
+    _object(raw, where, UNITS_KEYS)
+    return Units(time=_get(raw, "time", where, str), memory=_get(raw, "memory", where, str))
+
+
+def schedule_from_dict(data: Any, size: int | None = None) -> Schedule:
+    """A Schedule from a parsed file, checked for form (not yet for the rules: see `loads`).
+
+    `size`, the file's length in characters, bounds the passes it can list: a
+    problem needing more is refused before anything is built for them.
+    """
     if not isinstance(data, dict):
-        raise ScheduleFormatError("file: expected a JSON object")
+        raise ScheduleFormatError(f"file: expected an object, got {_show(data)}")
     fmt = _get(data, "format", "", str)
     if fmt != FORMAT:
         raise ScheduleFormatError(f"format: unsupported version {fmt!r}; this reader knows {FORMAT!r}")
+    _object(data, "", SCHEDULE_KEYS)
+    _get(data, "plan", "", dict, required=False)  # free-form for now (docs/design.md section 5)
     problem = problem_from_dict(_get(data, "problem", "", dict))
     raw_actions = _get(data, "actions", "", list)
     if len(raw_actions) != problem.devices:
         raise ScheduleFormatError(f"actions: expected one list per device ({problem.devices}), got {len(raw_actions)}")
-    ops = problem.ops
-    actions: list[list[Action]] = []
-    for d, dev in enumerate(raw_actions):
-        if not isinstance(dev, list):
-            raise ScheduleFormatError(f"actions[{d}]: expected a list of actions")
-        row = []
-        for k, raw in enumerate(dev):
-            where = f"actions[{d}][{k}]."
-            if not isinstance(raw, dict):
-                raise ScheduleFormatError(f"actions[{d}][{k}]: expected an object")
-            op = _get(raw, "op", where, str)
-            if op not in ops:
-                raise ScheduleFormatError(f"{where}op: expected one of {', '.join(ops)}, got {op!r}")
-            stage = _get(raw, "stage", where, int)
-            mb = _get(raw, "mb", where, int)
-            if not 0 <= stage < problem.stages:
-                raise ScheduleFormatError(f"{where}stage: {stage} is out of range 0..{problem.stages - 1}")
-            if not 0 <= mb < problem.microbatches:
-                raise ScheduleFormatError(f"{where}mb: {mb} is out of range 0..{problem.microbatches - 1}")
-            start = _get(raw, "start", where, NUMBER, required=False)
-            end = _get(raw, "end", where, NUMBER, required=False)
-            row.append(
-                Action(op, stage, mb, None if start is None else float(start), None if end is None else float(end))
-            )
-        actions.append(row)
-    metrics = None
-    raw_metrics = _get(data, "metrics", "", dict, required=False)
-    if raw_metrics is not None:
-        peak = _get(raw_metrics, "peak_memory", "metrics.", list)
-        for d, x in enumerate(peak):
-            if isinstance(x, bool) or not isinstance(x, NUMBER):
-                raise ScheduleFormatError(f"metrics.peak_memory[{d}]: expected a number, got {x!r}")
-        metrics = Metrics(
-            makespan=float(_get(raw_metrics, "makespan", "metrics.", NUMBER)),
-            bubble_rate=float(_get(raw_metrics, "bubble_rate", "metrics.", NUMBER)),
-            peak_memory=tuple(float(x) for x in peak),
+    passes = len(problem.ops) * problem.stages * problem.microbatches
+    if size is not None and passes * MIN_ACTION_BYTES > size:
+        raise ScheduleFormatError(
+            f"problem.microbatches: {problem.microbatches} microbatches on {problem.stages} stages need "
+            f"{passes} actions; a file of {size} characters holds at most {size // MIN_ACTION_BYTES}"
         )
+    actions = [_device_actions(dev, d, problem) for d, dev in enumerate(raw_actions)]
     name = _get(data, "name", "", str, required=False) or ""
-    provenance = _get(data, "provenance", "", dict, required=False) or {}
-    return Schedule(problem, actions, name=name, metrics=metrics, provenance=provenance)
+    return Schedule(
+        problem,
+        actions,
+        name=name,
+        metrics=_metrics(data, problem),
+        provenance=_get(data, "provenance", "", dict, required=False) or {},
+    )
+
+
+def _device_actions(raw: Any, d: int, problem: Problem) -> list[Action]:
+    if not isinstance(raw, list):
+        raise ScheduleFormatError(f"actions[{d}]: expected a list of actions, got {_show(raw)}")
+    ops = problem.ops
+    row = []
+    for k, item in enumerate(raw):
+        where = f"actions[{d}][{k}]"
+        item = _object(item, where, ACTION_KEYS)
+        op = _get(item, "op", where, str)
+        if op not in ops:
+            raise ScheduleFormatError(f"{where}.op: expected one of {', '.join(ops)}, got {op!r}")
+        stage = _get(item, "stage", where, int)
+        mb = _get(item, "mb", where, int)
+        if not 0 <= stage < problem.stages:
+            raise ScheduleFormatError(f"{where}.stage: {stage} is out of range 0..{problem.stages - 1}")
+        if not 0 <= mb < problem.microbatches:
+            raise ScheduleFormatError(f"{where}.mb: {mb} is out of range 0..{problem.microbatches - 1}")
+        start = _get(item, "start", where, NUMBER, required=False)
+        end = _get(item, "end", where, NUMBER, required=False)
+        row.append(Action(op, stage, mb, None if start is None else float(start), None if end is None else float(end)))
+    return row
+
+
+def _metrics(data: dict[str, Any], problem: Problem) -> Metrics | None:
+    raw = _get(data, "metrics", "", dict, required=False)
+    if raw is None:
+        return None
+    _object(raw, "metrics", METRICS_KEYS)
+    peak = _get(raw, "peak_memory", "metrics", list)
+    if len(peak) != problem.devices:
+        raise ScheduleFormatError(
+            f"metrics.peak_memory: expected {problem.devices} values (one per device), got {len(peak)}"
+        )
+    for d, x in enumerate(peak):
+        if isinstance(x, bool) or not isinstance(x, NUMBER):
+            raise ScheduleFormatError(f"metrics.peak_memory[{d}]: expected a number, got {_show(x)}")
+    return Metrics(
+        makespan=float(_get(raw, "makespan", "metrics", NUMBER)),
+        bubble_rate=float(_get(raw, "bubble_rate", "metrics", NUMBER)),
+        peak_memory=tuple(float(x) for x in peak),
+    )
 
 
 def _compact(value: Any, indent: str = "") -> str:
@@ -245,42 +297,50 @@ def _compact(value: Any, indent: str = "") -> str:
         rows = [inner + _compact(v, inner) for v in value]
         return "[\n" + ",\n".join(rows) + "\n" + indent + "]"
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        rows = [inner + json.dumps(v) for v in value]
+        rows = [inner + json.dumps(v, allow_nan=False) for v in value]
         return "[\n" + ",\n".join(rows) + "\n" + indent + "]"
-    return json.dumps(value)
+    return json.dumps(value, allow_nan=False)
+
+
+def _writable(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` if the reader will take back its free text (name, units, provenance); else the field is named."""
+    check_values({key: value for key, value in data.items() if key != "actions"}, "schedule")
+    return data
 
 
 def dumps(schedule: Schedule) -> str:
     """JSON with one action per line: diffable and still readable."""
-    return _compact(schedule_to_dict(schedule)) + "\n"
+    return _compact(_writable(schedule_to_dict(schedule))) + "\n"
 
 
-def loads(text: str, source: str = "schedule") -> Schedule:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ScheduleFormatError(f"{source}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    return schedule_from_dict(data)
+def loads(text: str, source: str = "schedule", validate: bool = True) -> Schedule:
+    """A schedule from JSON text, checked for form and (unless `validate=False`) against every rule."""
+    schedule = schedule_from_dict(parse_json(text, source), size=len(text))
+    if validate:
+        check_rules(schedule)
+    return schedule
 
 
-def load(path: str | os.PathLike[str]) -> Schedule:
-    return loads(read_text(path), source=str(path))
+def load(path: str | os.PathLike[str], validate: bool = True) -> Schedule:
+    """`loads` of a file (at most files.MAX_FILE_BYTES of UTF-8)."""
+    return loads(read_text(path), source=str(path), validate=validate)
 
 
 def load_problem(path: str | os.PathLike[str]) -> Problem:
-    """A problem file: the `problem` object alone, or a whole schedule file."""
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise ScheduleFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if isinstance(data, dict) and "format" in data:
-        return schedule_from_dict(data).problem
+    """A problem file: the `problem` object alone, or a whole schedule file (which must be valid)."""
+    text = read_text(path)
+    data = parse_json(text, str(path))
+    if isinstance(data, dict) and {"format", "problem", "actions"} & set(data):
+        schedule = schedule_from_dict(data, size=len(text))
+        check_rules(schedule)
+        return schedule.problem
     return problem_from_dict(data, path="")
 
 
-def save(schedule: Schedule, path: str | os.PathLike[str]) -> None:
-    write_text_atomic(path, dumps(schedule))
+def save(schedule: Schedule, path: str | os.PathLike[str], *, rescue: bool = False) -> None:
+    """Write the schedule atomically (files.write_text_atomic; `rescue` keeps it elsewhere if that fails)."""
+    write_text_atomic(path, dumps(schedule), rescue=rescue)
 
 
-def save_problem(problem: Problem, path: str | os.PathLike[str]) -> None:
-    write_text_atomic(path, _compact(problem_to_dict(problem)) + "\n")
+def save_problem(problem: Problem, path: str | os.PathLike[str], *, rescue: bool = False) -> None:
+    write_text_atomic(path, _compact(_writable(problem_to_dict(problem))) + "\n", rescue=rescue)

@@ -6,7 +6,10 @@ action `{stage}{op}{microbatch}` (`_Action.from_str`), op F (forward), I
 B (fused backward); empty cells are idle steps. Our `B` is written `I` when
 the problem splits the backward and `B` when it does not. Reading a CSV back
 takes the placement from which row holds each stage; the costs and memory are
-not in the CSV, so they come from the caller (defaults 1).
+not in the CSV, so they come from the caller (defaults 1). Stage and
+microbatch numbers are bounded by the cells before any is converted: every
+stage and microbatch must appear in a cell, so a number at least the count
+of cells is out of range (`0F99999999999` is refused, not allocated for).
 
 torch's loader reads every line as a rank (a comment line is an error), so
 the stage-to-rank placement the CSV assumes goes in a sidecar file next to
@@ -101,8 +104,11 @@ def torchtitan_settings(schedule: Schedule, csv_path: str) -> list[str]:
     return lines
 
 
-def parse_cell(text: str, where: str) -> tuple[str, int, int]:
-    """`1I0` -> ("I", 1, 0); anything but a compute action is an error naming `where`."""
+def parse_cell(text: str, where: str, cells: int | None = None) -> tuple[str, int, int]:
+    """`1I0` -> ("I", 1, 0); anything but a compute action is an error naming `where`.
+
+    With `cells` (how many the CSV holds), stage and microbatch numbers must be below it.
+    """
     match = CELL.fullmatch(text)
     if match is None:
         raise ScheduleFormatError(f"{where}: cannot read {text!r}; expected stage, op, microbatch like 0F0 or 1I3")
@@ -115,7 +121,18 @@ def parse_cell(text: str, where: str) -> tuple[str, int, int]:
         raise ScheduleFormatError(f"{where}: unknown op {op!r} in {text!r}; expected F, I, W or B")
     if not mb:
         raise ScheduleFormatError(f"{where}: {text!r} has no microbatch number")
+    if cells is not None:
+        for what, digits in (("stage", stage), ("microbatch", mb)):
+            if len(digits.lstrip("0")) > len(str(cells)) or int(digits) >= cells:
+                raise ScheduleFormatError(
+                    f"{where}: {what} {_short(digits)} is out of range 0..{cells - 1} "
+                    f"(each {what} must appear in one of the CSV's {cells} actions)"
+                )
     return op, int(stage), int(mb)
+
+
+def _short(digits: str) -> str:
+    return digits if len(digits) <= 24 else f"{digits[:20]}... ({len(digits)} digits)"
 
 
 def from_torch_csv(
@@ -133,7 +150,10 @@ def from_torch_csv(
     Errors name the rank (row, from 0) and cell (from 0) at fault, as torch's
     own messages do.
     """
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as err:
+        raise ScheduleFormatError(f"{source}: not a CSV file ({err})") from None
     while rows and not any(cell.strip() for cell in rows[-1]):
         rows.pop()  # trailing blank lines
     if not rows:
@@ -142,6 +162,7 @@ def from_torch_csv(
     cells: list[list[int]] = []  # position in `order` -> cell index, for error messages
     placement: dict[int, int] = {}
     first: dict[str, tuple[int, int]] = {}  # op letter -> (rank, cell) of its first use
+    count = sum(1 for row in rows for raw in row if raw.strip())
     for rank, row in enumerate(rows):
         order.append([])
         cells.append([])
@@ -149,7 +170,7 @@ def from_torch_csv(
             if not raw.strip():
                 continue
             where = f"{source}: rank {rank}, cell {k}"
-            op, stage, mb = parse_cell(raw.strip(), where)
+            op, stage, mb = parse_cell(raw.strip(), where, count)
             held = placement.setdefault(stage, rank)
             if held != rank:
                 raise ScheduleFormatError(f"{where}: stage {stage} is already on rank {held}; a stage runs on one rank")
