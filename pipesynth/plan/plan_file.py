@@ -30,6 +30,7 @@ from pipesynth.plan.partition import Partition, check_partition
 T = TypeVar("T")
 PLACEMENT_KINDS = ("linear", "loop", "v")
 COST_SOURCES = ("analytic", "profile")
+NUMBER = (int, float)
 KEYS = (
     "model",
     "decoder_layers",
@@ -176,7 +177,7 @@ def _get(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
-        expected = " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+        expected = "a number" if kinds == NUMBER else " or ".join(names.get(k, k.__name__) for k in kinds)
         raise ScheduleFormatError(f"{path}{key}: expected {expected}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ScheduleFormatError(f"{path}{key}: expected a finite number, got {value!r}")
@@ -189,9 +190,6 @@ def _only(obj: dict[str, Any], known: Sequence[str], path: str) -> None:
             raise ScheduleFormatError(f"{path}{key}: unknown key; expected {', '.join(known)}")
 
 
-NUMBER = (int, float)
-
-
 def plan_section_from_dict(data: Any, path: str = "plan.") -> PlanSection:
     """Read and check a `plan` object; every error names the field (`plan.memory[2].static`)."""
     if not isinstance(data, dict):
@@ -201,6 +199,10 @@ def plan_section_from_dict(data: Any, path: str = "plan.") -> PlanSection:
     if placement not in PLACEMENT_KINDS:
         raise ScheduleFormatError(f"{path}placement: expected one of {', '.join(PLACEMENT_KINDS)}, got {placement!r}")
     chunks = _get(data, "stages_per_device", path, int)
+    fixed = {"linear": 1, "v": 2}.get(placement)
+    if (fixed is not None and chunks != fixed) or chunks < 1:
+        expected = f"{fixed} for a {placement} placement" if fixed else "at least 1"
+        raise ScheduleFormatError(f"{path}stages_per_device: expected {expected}, got {chunks}")
     counts = _get(data, "layers_per_stage", path, list)
     for s, c in enumerate(counts):
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
@@ -210,7 +212,7 @@ def plan_section_from_dict(data: Any, path: str = "plan.") -> PlanSection:
     try:
         check_partition(partition, layers)
     except PipesynthError as err:
-        raise ScheduleFormatError(f"{path}layers_per_stage: {err}") from None
+        raise ScheduleFormatError(f"{path}layers_per_stage: {str(err).removeprefix('partition: ')}") from None
     raw_training = _get(data, "training", path, dict)
     _only(raw_training, [f.name for f in fields(Training)], f"{path}training.")
     try:
