@@ -6,13 +6,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 from pipesynth.plan.costs import bytes_per_param, decoder_activation, head_activation, model_costs  # noqa: E402
 from pipesynth.plan.job import Device, Job, Training, model_from_hf_config  # noqa: E402
 from pipesynth.plan.partition import Partition, device_static, stage_figures  # noqa: E402
 from pipesynth.plan.plan_file import split_by_partition  # noqa: E402
-from pipesynth.runtime.memory import ActivationMeter  # noqa: E402
+from pipesynth.runtime.layer_memory import layer_kind_bytes  # noqa: E402
 
 TINY = {
     "model_type": "llama",
@@ -72,43 +71,6 @@ def test_static_bytes_per_stage_and_device_equal_the_built_models_parameters(con
             assert static[1] == param_bytes(groups[1] + groups[2], per)
 
 
-def measure(config: dict, training: Training, attention: str) -> dict[str, int]:
-    """Saved-tensor bytes of the embedding, one decoder layer and the head + loss, as the executor's meter counts."""
-    model = build(config, attention)
-    if training.precision == "bf16":
-        model = model.to(torch.bfloat16)
-    inner = model.model
-    params = [*model.parameters(), *model.buffers()]
-    b, s = training.microbatch_size, training.seq_len
-    ids = torch.randint(0, config["vocab_size"], (b, s))
-    targets = torch.randint(0, config["vocab_size"], (b, s))
-
-    def saved(fn) -> int:
-        meter = ActivationMeter()
-        meter.exclude(params)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=training.precision == "bf16-autocast")
-        with autocast, meter.saving():
-            out = fn()  # noqa: F841 - the graph (and what it saved) lives while `out` does
-        return meter.level
-
-    out = {"embedding": saved(lambda: inner.embed_tokens(ids))}
-    hidden = inner.embed_tokens(ids).detach().requires_grad_(True)
-    rope = inner.rotary_emb(hidden, torch.arange(s)[None])  # position ids (1, s), as the model builds them
-    layer = inner.layers[0]
-    if training.recompute == "full":
-        out["decoder"] = saved(
-            lambda: checkpoint(lambda x: layer(x, position_embeddings=rope), hidden, use_reentrant=False)
-        )
-    else:
-        out["decoder"] = saved(lambda: layer(hidden, position_embeddings=rope))
-    out["head"] = saved(
-        lambda: torch.nn.functional.cross_entropy(
-            model.lm_head(inner.norm(hidden)).float().flatten(0, 1), targets.flatten()
-        )
-    )
-    return out
-
-
 @pytest.mark.parametrize("precision", ["bf16-autocast", "bf16", "fp32"])
 @pytest.mark.parametrize("attention", ["flash", "eager"])
 @pytest.mark.parametrize("recompute", ["none", "full"])
@@ -125,7 +87,16 @@ def test_activation_bytes_are_within_ten_percent_of_the_meter(precision, attenti
                 attention=attention,
             )
             costs = model_costs(Job(model, training, DEVICE, 1))
-            measured = measure(TINY, training, "sdpa" if attention == "flash" else "eager")
+            llama = build(TINY, "sdpa" if attention == "flash" else "eager")
+            if precision == "bf16":
+                llama = llama.to(torch.bfloat16)
+            measured = layer_kind_bytes(
+                llama,
+                microbatch_size,
+                seq_len,
+                autocast=precision == "bf16-autocast",
+                recompute=recompute == "full",
+            )
             predicted = {k: getattr(costs, k).activation for k in measured}
             for kind in measured:
                 assert abs(predicted[kind] - measured[kind]) <= 0.1 * measured[kind], (kind, seq_len, microbatch_size)

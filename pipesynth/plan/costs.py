@@ -5,7 +5,7 @@ decoder layers (all alike) and the head (final norm, output projection and
 the cross-entropy loss). For one microbatch of T = b x s tokens:
 
 * **FLOPs** (Narayanan et al. 2021, "Efficient Large-Scale Language Model
-  Training on GPU Clusters Using Megatron-LM", section 5.1: 24bsh^2 + 4bs^2h
+  Training on GPU Clusters Using Megatron-LM", appendix on floating-point operations: 24bsh^2 + 4bs^2h
   per layer forward, generalised here to grouped KV heads and a SwiGLU MLP):
   a matmul of an (n x k) by (k x m) matrix is 2nkm FLOPs. The decoder's
   projections cost 2T(h q + 2 h kv + q h + 3 h f) forward; the attention
@@ -29,7 +29,7 @@ the cross-entropy loss). For one microbatch of T = b x s tokens:
   products, and, under autocast, the bf16 copies autocast makes of every
   matmul input and weight. With full recompute a layer keeps its input only.
 * **Kept for W** (Qi et al. 2023, "Zero Bubble Pipeline Parallelism",
-  section 2: W needs each linear layer's input and output gradient, their
+  Table 1: W needs each linear layer's input and output gradient, their
   32sbh per GPT layer): the projections' inputs and output gradients.
 * **Static bytes**: parameters x (weight + gradient + optimizer-state bytes),
   the optimizer states (and fp32 master weights' share of them) divided by
