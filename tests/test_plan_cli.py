@@ -96,6 +96,7 @@ def test_a_bad_config_is_refused_naming_the_field(tmp_path, edit, fragment):
         ("--gpu-memory", "lots", "--gpu-memory: cannot read 'lots'"),
         ("--precision", "fp8", "precision: unknown 'fp8'; expected one of bf16-autocast, bf16, fp32"),
         ("--recompute", "selective", "recompute: unknown 'selective'"),
+        ("--gpus", "9", "gpus: 9 pipeline stages for 6 decoder layers, the embedding and the head: at most 8"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(tmp_path, option, value, fragment):

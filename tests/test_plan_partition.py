@@ -6,13 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from pipesynth.core.problem import placement_for
+from pipesynth.construct import generate
+from pipesynth.core.problem import make_problem, placement_for
+from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
 from pipesynth.errors import InfeasibleError, PipesynthError
 from pipesynth.plan.costs import model_costs
 from pipesynth.plan.job import Device, Job, ModelShape, Training
 from pipesynth.plan.partition import Partition, best_partition, device_static, even_partition, stage_figures
-from pipesynth.plan.search import least_memory, plan_job, plan_output
+from pipesynth.plan.search import inflight, least_memory, limited_1f1b_order, plan_job, plan_output
 
 
 def small_job(layers: int = 6, gpus: int = 2, microbatches: int = 4, memory: float = 2**30, vocab: int = 2048) -> Job:
@@ -125,3 +127,16 @@ def test_a_budget_nothing_fits_says_by_how_much_and_what_would_fit():
     # Just above the least: a plan exists (one microbatch alive per stage at worst).
     roomy = replace(job, device=Device(1, 0.5, on_two * 1.001))
     assert max(plan_job(roomy, time_limit=2).plan.total) <= on_two * 1.001
+
+
+@pytest.mark.parametrize("devices,microbatches", [(4, 8), (5, 3), (1, 4)])
+def test_limited_1f1b_runs_with_at_most_its_limit_in_flight_and_is_1f1b_at_d(devices, microbatches):
+    problem = make_problem(devices, microbatches, "linear", cost={"F": 1, "B": 2}, split_backward=False)
+    for limit in range(1, devices + 1):
+        order = limited_1f1b_order(devices, microbatches, limit)
+        schedule = from_order(problem, order, "limited")  # raises on a deadlock
+        assert not find_violations(schedule)
+        most, _ = inflight(problem, order)
+        assert max(most) == min(limit, devices, microbatches)
+    full = from_order(problem, limited_1f1b_order(devices, microbatches, devices), "limited")
+    assert full.metrics == generate("1f1b", devices, microbatches, cost={"F": 1, "B": 2}).metrics

@@ -40,7 +40,7 @@ def _row(c: Candidate, budget: float, title: str) -> str:
         split = split[:31] + "..."
     return (
         f"{title:<28} {c.layout.label:<8} {split:<34} {fits:<16} {peak:<42} "
-        f"{c.makespan / 1000:>10.1f} ms {c.schedule.metrics.bubble_rate:>7.3f}"
+        f"{c.makespan / 1000:>10.1f} ms {c.metrics.bubble_rate:>7.3f}"
     )
 
 
@@ -77,7 +77,7 @@ def plan(
     hf_config: Annotated[Path, typer.Option("--hf-config", help="The model's Hugging Face config.json.")],
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.", min=1)],
     microbatches: Annotated[int, typer.Option("--microbatches", "-m", help="Microbatches per step.", min=1)],
-    gpus: Annotated[int, typer.Option("--gpus", help="GPUs in the pipeline (one stage group each).", min=1)],
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs in the pipeline (pipeline-parallel degree).", min=1)],
     gpu_memory: Annotated[str, typer.Option("--gpu-memory", help="Memory per GPU, e.g. 80GiB.")],
     tflops: Annotated[float, typer.Option("--tflops", help="Peak dense bf16 TFLOP/s per GPU.", min=0.001)],
     microbatch_size: Annotated[int, typer.Option("--microbatch-size", help="Sequences per microbatch.", min=1)] = 1,

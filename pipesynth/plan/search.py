@@ -15,14 +15,16 @@ peak of its schedule, against the GPU's budget (docs/design.md section 9).
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from pipesynth.construct import GENERATORS
 from pipesynth.core.problem import Op, Problem, placement_for
-from pipesynth.core.schedule import Schedule
-from pipesynth.core.simulate import from_order
+from pipesynth.core.rules import memory_delta
+from pipesynth.core.schedule import Action, Metrics, Schedule
+from pipesynth.core.simulate import from_order, simulate
 from pipesynth.core.units import format_bytes
 from pipesynth.errors import InfeasibleError, PipesynthError
 from pipesynth.plan.costs import ModelCosts, model_costs
@@ -38,6 +40,7 @@ from pipesynth.plan.partition import (
 )
 from pipesynth.plan.plan_file import DeviceMemory, PlanSection
 from pipesynth.solver import solve
+from pipesynth.solver.background import Background
 
 #: Generators that shape their schedule to a memory cap (rebuilt under the split's cap).
 CAP_AWARE = ("v-min", "v-half", "v-zb", "zb-v")
@@ -60,18 +63,23 @@ class Layout:
 
 @dataclass
 class Candidate:
-    """A schedule of a partition: what it takes (bytes per device) and how long a step lasts (us)."""
+    """An order of passes on a partition: what it takes (bytes per device) and how long a step lasts (us).
+
+    The order is kept as plain keys with the figures of its simulation; `schedule()` times it in full.
+    """
 
     generator: str
     layout: Layout
     partition: Partition
-    schedule: Schedule
+    problem: Problem
+    order: list[list[tuple[Op, int, int]]]
+    metrics: Metrics
     static: tuple[float, ...]
     note: str = ""
 
     @property
     def activation(self) -> tuple[float, ...]:
-        return self.schedule.metrics.peak_memory
+        return self.metrics.peak_memory
 
     @property
     def total(self) -> tuple[float, ...]:
@@ -79,7 +87,7 @@ class Candidate:
 
     @property
     def makespan(self) -> float:
-        return self.schedule.metrics.makespan
+        return self.metrics.makespan
 
     @property
     def label(self) -> str:
@@ -88,6 +96,10 @@ class Candidate:
 
     def fits(self, budget: float) -> bool:
         return max(self.total) <= budget * (1 + 1e-12)
+
+    def schedule(self, problem: Problem | None = None, **provenance: object) -> Schedule:
+        """The order timed on `problem` (default: its own), with planned times and metrics."""
+        return from_order(problem or self.problem, self.order, self.label, **provenance)
 
 
 @dataclass
@@ -115,24 +127,64 @@ def _generators(layout: Layout) -> list[str]:
     return [g.name for g in GENERATORS.values() if g.placement == layout.kind]
 
 
-def inflight(schedule: Schedule) -> list[int]:
-    """Per stage, the most microbatches alive at once (from F to the pass that frees the last of it)."""
-    split = schedule.problem.split_backward
-    frees: Op = "W" if split else "B"
-    counts = [0] * schedule.problem.stages
-    most = [0] * schedule.problem.stages
-    for dev in schedule.actions:
-        for a in dev:
-            if a.op == "F":
-                counts[a.stage] += 1
-                most[a.stage] = max(most[a.stage], counts[a.stage])
-            elif a.op == frees:
-                counts[a.stage] -= 1
-    return most
+def inflight(problem: Problem, order: list[list[tuple[Op, int, int]]]) -> tuple[list[int], list[int]]:
+    """Per stage, microbatches alive (from F to the pass that frees the last of it): the most at any
+    time, and how many at its device's memory peak (on this problem's activations)."""
+    frees: Op = "W" if problem.split_backward else "B"
+    counts = [0] * problem.stages
+    most = [0] * problem.stages
+    at_peak = [0] * problem.stages
+    for dev in order:
+        level = peak = 0.0
+        for op, stage, _ in dev:
+            level += memory_delta(problem, op, stage)
+            if op == "F":
+                counts[stage] += 1
+                most[stage] = max(most[stage], counts[stage])
+            elif op == frees:
+                counts[stage] -= 1
+            if op == "F" and level > peak:
+                peak = level
+                for s in {st for _, st, _ in dev}:
+                    at_peak[s] = counts[s]
+    return most, at_peak
 
 
-def _order(schedule: Schedule) -> list[list[tuple[Op, int, int]]]:
+def order_of(schedule: Schedule) -> list[list[tuple[Op, int, int]]]:
     return [[a.key for a in dev] for dev in schedule.actions]
+
+
+def metrics_of(problem: Problem, order: list[list[tuple[Op, int, int]]]) -> Metrics:
+    """Makespan, bubble rate and peak memory of an order on a problem (section 2's rules)."""
+    return simulate(Schedule(problem, [[Action(*key) for key in dev] for dev in order])).metrics
+
+
+def limited_1f1b_order(devices: int, microbatches: int, limit: int) -> list[list[tuple[Op, int, int]]]:
+    """1F1B (fused backward, linear placement) with at most `limit` microbatches in flight per stage.
+
+    Stage s runs min(D - s, limit) forwards, then alternates B and F; the
+    warm-ups never grow along the pipeline, so every stage always has its
+    next input (no deadlock), and a stage never holds more than its warm-up.
+    `limit = D` is 1F1B; `limit = 1` one microbatch at a time per stage.
+    """
+    order = []
+    for s in range(devices):
+        warm = min(devices - s, limit, microbatches)
+        passes: list[tuple[Op, int, int]] = [("F", s, j) for j in range(warm)]
+        for j in range(microbatches):
+            passes.append(("B", s, j))
+            if warm + j < microbatches:
+                passes.append(("F", s, warm + j))
+        order.append(passes)
+    return order
+
+
+def build_generator(name: str, problem: Problem) -> Schedule | str:
+    """Generator `name` on `problem`, or why it cannot (a job for a child process: module level, picklable)."""
+    try:
+        return GENERATORS[name].build(problem)
+    except PipesynthError as err:
+        return str(err)
 
 
 class _Search:
@@ -164,13 +216,15 @@ class _Search:
     def candidate(
         self, name: str, layout: Layout, partition: Partition, schedule: Schedule, note: str = ""
     ) -> Candidate:
-        return Candidate(name, layout, partition, schedule, self.static(layout, partition), note)
+        order = order_of(schedule)
+        static = self.static(layout, partition)
+        return Candidate(name, layout, partition, schedule.problem, order, schedule.metrics, static, note)
 
-    def build(self, name: str, layout: Layout, partition: Partition, capped: bool = False) -> Candidate:
-        """Generator `name` on a partition (under the budget's cap when `capped`)."""
-        gen = GENERATORS[name]
-        problem = self.problem(layout, partition, gen.split_backward, capped)
-        return self.candidate(name, layout, partition, gen.build(problem), "capped" if capped else "")
+    def build_jobs(self, names: list[tuple[str, Layout, Partition]], capped: bool) -> list[tuple]:
+        return [
+            (build_generator, (name, self.problem(layout, part, GENERATORS[name].split_backward, capped)))
+            for name, layout, part in names
+        ]
 
     def retime(self, base: Candidate, partition: Partition) -> Candidate | None:
         """The same order on another partition's costs; None if that partition is not a valid split."""
@@ -178,9 +232,10 @@ class _Search:
             check_partition(partition, self.costs.layers)
         except PipesynthError:
             return None
-        problem = self.problem(base.layout, partition, base.schedule.problem.split_backward)
-        schedule = from_order(problem, _order(base.schedule), base.generator)
-        return self.candidate(base.generator, base.layout, partition, schedule, base.note)
+        problem = self.problem(base.layout, partition, base.problem.split_backward)
+        metrics = metrics_of(problem, base.order)
+        static = self.static(base.layout, partition)
+        return Candidate(base.generator, base.layout, partition, problem, base.order, metrics, static, base.note)
 
     def better(self, a: Candidate | None, b: Candidate | None) -> Candidate | None:
         """The faster of two, a fitting one before one that does not fit."""
@@ -188,10 +243,10 @@ class _Search:
             return a or b
         return min((a, b), key=lambda c: (not c.fits(self.budget), c.makespan if c.fits(self.budget) else max(c.total)))
 
-    def improve(self, start: Candidate, evaluations: int) -> Candidate:
+    def improve(self, start: Candidate, evaluations: int, until: float) -> Candidate:
         """Hill-climb on the step time: move one decoder layer across one stage boundary at a time."""
         best = start
-        while evaluations > 0 and time.monotonic() < self.deadline:
+        while evaluations > 0 and time.monotonic() < until:
             counts = list(best.partition.layers)
             moves = []
             for s in range(len(counts) - 1):
@@ -211,56 +266,118 @@ class _Search:
         return best
 
 
+def _start(jobs: list[tuple], children: int) -> list[Background]:
+    """Run build jobs in up to `children` child processes side by side (job k in child k mod children)."""
+    return [Background(jobs[k::children]) for k in range(min(children, len(jobs)))]
+
+
+def _collect(running: list[Background], count: int, deadline: float | None) -> list:
+    """The `count` jobs' results in job order (None for one that failed or missed `deadline`)."""
+    results: list = [None] * count
+    for k, worker in enumerate(running):
+        for n, result in enumerate(worker.collect(deadline)):
+            results[k + n * len(running)] = result
+    return results
+
+
 def plan_job(job: Job, costs: ModelCosts | None = None, time_limit: float = 30.0, workers: int = 2) -> PlanResult:
     """The fastest plan found for `job` whose static bytes plus activation peak fit every GPU.
 
-    time_limit bounds the search after the baselines are built (the solver
-    gets what is left). Raises InfeasibleError saying what would fit when
-    nothing does (a layer larger than a GPU, or too little memory overall).
+    time_limit: the wall-clock target of the whole search. The evenly split
+    baselines are always built to the end (the slow V-shape builders in
+    `workers` child processes side by side); what follows (improving splits,
+    rebuilding under the cap, CP-SAT) gets the rest, and at least a quarter
+    of it. Raises InfeasibleError saying what would fit when nothing does
+    (a layer larger than a GPU, or too little memory overall).
     """
     started = time.monotonic()
     costs = costs or model_costs(job)
+    if job.gpus > costs.layers + 2:
+        raise PipesynthError(
+            f"gpus: {job.gpus} pipeline stages for {costs.layers} decoder layers, the embedding and the head: "
+            f"at most {costs.layers + 2} (each stage needs a layer)"
+        )
     check_layers_fit(costs, job.device.budget)
     search = _Search(job, costs, started + time_limit)
     budget = search.budget
+    all_layouts = layouts(job.gpus, costs.layers)
+    wanted = [
+        (name, layout, even_partition(costs.layers, len(layout.placement)))
+        for layout in all_layouts
+        for name in _generators(layout)
+    ]
+    slow = [w for w in wanted if w[1].kind == "v"]
+    fast = [w for w in wanted if w[1].kind != "v"]
+    running = _start(search.build_jobs(slow, False), workers)
+    built = [fn(*args) for fn, args in search.build_jobs(fast, False)]
+    built += _collect(running, len(slow), None)
     baselines: list[Candidate] = []
     skipped: dict[str, str] = {}
     pool: list[Candidate] = []
-    all_layouts = layouts(job.gpus, costs.layers)
-    for layout in all_layouts:
-        even = even_partition(costs.layers, len(layout.placement))
-        for name in _generators(layout):
-            try:
-                base = search.build(name, layout, even)
-            except PipesynthError as err:
-                skipped[name] = str(err)
-                continue
-            baselines.append(base)
-            found = base
-            split = base.schedule.problem.split_backward
-            proposal = best_partition(costs, layout.placement, job.gpus, inflight(base.schedule), split, budget)
+    for (name, layout, even), schedule in zip(fast + slow, built):
+        if not isinstance(schedule, Schedule):
+            skipped[name] = schedule or "the builder failed"
+            continue
+        base = search.candidate(name, layout, even, schedule)
+        baselines.append(base)
+        found = base
+        # Two estimates of what a split will hold: every stage at its own most (safe), or as at the peaks.
+        for held in inflight(base.problem, base.order):
+            proposal = best_partition(costs, layout.placement, job.gpus, held, base.problem.split_backward, budget)
             if proposal is not None:
                 found = search.better(found, search.retime(base, proposal))
-            pool.append(found)
-    search.deadline = time.monotonic() + time_limit
+        pool.append(found)
+    pool += _limited_1f1b(search)
+    search.deadline = max(search.deadline, time.monotonic() + 0.25 * time_limit)
     pool.sort(key=lambda c: (not c.fits(budget), c.makespan))
-    # Improve the three most promising, then rebuild the cap-aware generators under their best split's cap.
+    # Improve the three most promising splits (a third of the time left), then rebuild the cap-aware
+    # generators under their best split's real cap (another third) while CP-SAT waits for the rest.
+    improve_until = time.monotonic() + (search.deadline - time.monotonic()) / 3
     for i, cand in enumerate(pool[:3]):
-        pool[i] = search.improve(cand, evaluations=4 * len(cand.partition.layers))
-    for cand in list(pool):
-        if cand.generator in CAP_AWARE and time.monotonic() < search.deadline:
-            with contextlib.suppress(PipesynthError):
-                pool.append(search.build(cand.generator, cand.layout, cand.partition, capped=True))
+        pool[i] = search.improve(cand, evaluations=4 * len(cand.partition.layers), until=improve_until)
+    capped = [
+        (c.generator, c.layout, c.partition) for c in pool if c.generator in CAP_AWARE and max(c.static) <= budget
+    ]
+    rebuild_until = time.monotonic() + (search.deadline - time.monotonic()) / 2
+    rebuilt = _collect(_start(search.build_jobs(capped, True), workers), len(capped), rebuild_until)
+    for (name, layout, part), schedule in zip(capped, rebuilt):
+        if isinstance(schedule, Schedule):
+            pool.append(search.candidate(name, layout, part, schedule, "capped"))
     best = None
     for cand in pool:
         best = search.better(best, cand)
     solver: dict = {}
     if best is None or not best.fits(budget):
-        best, solver = _least_memory_plan(search, all_layouts)
+        best, solver = _least_memory_plan(search, all_layouts, workers)
     else:
         best, solver = _polish(search, best, workers)
     assert best.fits(budget), "a plan over the budget must never be returned"
     return PlanResult(job, costs, best, baselines, skipped, time.monotonic() - started, solver)
+
+
+def _limited_1f1b(search: _Search) -> list[Candidate]:
+    """1F1B with fewer microbatches in flight (D, 3D/4, D/2, D/3, D/4, 2, 1), each on the split its memory
+    allows: what fits when memory is too tight for the handcrafted schedules' warm-ups."""
+    d, m = search.devices, search.microbatches
+    layout = Layout("linear", 1, placement_for("linear", d))
+    if len(layout.placement) > search.costs.layers + 2:
+        return []
+    out = []
+    for limit in sorted({d, -(-3 * d // 4), -(-d // 2), -(-d // 3), -(-d // 4), 2, 1}, reverse=True):
+        held = [min(d - s, limit, m) for s in range(d)]
+        partition = best_partition(search.costs, layout.placement, d, held, False, search.budget)
+        if partition is None:
+            continue
+        problem = search.problem(layout, partition, False)
+        order = limited_1f1b_order(d, m, limit)
+        metrics = metrics_of(problem, order)
+        name = "1f1b" if limit >= d else f"1f1b-limit{limit}"
+        out.append(Candidate(name, layout, partition, problem, order, metrics, search.static(layout, partition)))
+    return out
+
+
+def _solver_info(schedule: Schedule) -> dict:
+    return {k: schedule.provenance.get(k) for k in ("method", "status", "lower_bound", "gap", "seconds")}
 
 
 def _polish(search: _Search, best: Candidate, workers: int) -> tuple[Candidate, dict]:
@@ -268,16 +385,15 @@ def _polish(search: _Search, best: Candidate, workers: int) -> tuple[Candidate, 
     left = search.deadline - time.monotonic()
     if left < 1.0:
         return best, {}
-    problem = search.problem(best.layout, best.partition, best.schedule.problem.split_backward, capped=True)
+    problem = search.problem(best.layout, best.partition, best.problem.split_backward, capped=True)
     result = solve(problem, left, workers=workers)
-    info = {k: result.schedule.provenance.get(k) for k in ("method", "status", "lower_bound", "gap", "seconds")}
     solved = search.candidate("solved", best.layout, best.partition, result.schedule)
     if solved.fits(search.budget) and solved.makespan < best.makespan - 1e-9:
-        return solved, info
-    return best, {**info, "kept": best.generator}
+        return solved, _solver_info(result.schedule)
+    return best, {**_solver_info(result.schedule), "kept": best.label}
 
 
-def _least_memory_plan(search: _Search, all_layouts: list[Layout]) -> tuple[Candidate, dict]:
+def _least_memory_plan(search: _Search, all_layouts: list[Layout], workers: int) -> tuple[Candidate, dict]:
     """When no generator's schedule fits: the split that fits one microbatch per stage, solved under the cap."""
     costs, job = search.costs, search.job
     for split in (True, False):
@@ -287,10 +403,9 @@ def _least_memory_plan(search: _Search, all_layouts: list[Layout]) -> tuple[Cand
             if partition is None:
                 continue
             problem = search.problem(layout, partition, split, capped=True)
-            result = solve(problem, max(2.0, search.deadline - time.monotonic()), workers=2)
-            info = {k: result.schedule.provenance.get(k) for k in ("method", "status", "lower_bound", "gap", "seconds")}
-            return search.candidate("solved", layout, partition, result.schedule), info
-    raise InfeasibleError(infeasible_message(job, costs, all_layouts))
+            result = solve(problem, max(2.0, search.deadline - time.monotonic()), workers=workers)
+            return search.candidate("solved", layout, partition, result.schedule), _solver_info(result.schedule)
+    raise InfeasibleError(infeasible_message(job, costs))
 
 
 def check_layers_fit(costs: ModelCosts, budget: float) -> None:
@@ -325,43 +440,56 @@ def least_memory(job: Job, costs: ModelCosts) -> float:
                 high *= 2
                 if high > 1e18:
                     break
-            for _ in range(40):
+            for _ in range(30):
                 mid = (low + high) / 2
                 low, high = (low, mid) if fits(mid) else (mid, high)
             best = min(best, high)
     return best
 
 
-def infeasible_message(job: Job, costs: ModelCosts, all_layouts: list[Layout]) -> str:
-    """How far the budget is from the least a plan needs, and which change would make it fit."""
+def _changes(job: Job, analytic: bool) -> list[tuple[str, Callable[[Job], Job]]]:
+    """Single changes that lower the memory a plan needs (only more GPUs when the costs were measured)."""
+    t = job.training
+
+    def training(**fields: object) -> Callable[[Job], Job]:
+        return lambda j: replace(j, training=replace(j.training, **fields))
+
+    out: list[tuple[str, Callable[[Job], Job]]] = []
+    if analytic and t.recompute == "none":
+        out.append(("--recompute full", training(recompute="full")))
+    if analytic and t.microbatch_size > 1:
+        half = t.microbatch_size // 2
+        more = t.microbatches * (t.microbatch_size // half)
+        out.append(
+            (f"--microbatch-size {half} --microbatches {more}", training(microbatch_size=half, microbatches=more))
+        )
+    out.append((f"--gpus {2 * job.gpus}", lambda j: replace(j, gpus=2 * j.gpus)))
+    if analytic and t.zero == 1:
+        out.append(("--zero 8", training(zero=8)))
+    return out
+
+
+def infeasible_message(job: Job, costs: ModelCosts) -> str:
+    """How far the budget is from the least a plan needs, and which change (or pair of changes) would fit."""
     need = least_memory(job, costs)
     budget = job.device.budget
-    t = job.training
-    hints = []
-    changes: list[tuple[str, Job]] = []
-    if t.recompute == "none":
-        changes.append(("--recompute full", replace(job, training=replace(t, recompute="full"))))
-    if t.microbatch_size > 1:
-        half = t.microbatch_size // 2
-        more = replace(t, microbatch_size=half, microbatches=t.microbatches * (t.microbatch_size // half))
-        changes.append((f"--microbatch-size {half} --microbatches {more.microbatches}", replace(job, training=more)))
-    changes.append((f"--gpus {2 * job.gpus}", replace(job, gpus=2 * job.gpus)))
-    if t.zero == 1:
-        changes.append(
-            (
-                "--zero 8 (optimizer states sharded over 8 data-parallel ranks)",
-                replace(job, training=replace(t, zero=8)),
-            )
-        )
-    for label, changed in changes:
-        changed_costs = model_costs(changed) if costs.source == "analytic" else costs
-        changed_need = least_memory(changed, changed_costs)
-        if changed_need <= budget:
-            hints.append(f"{label} (needs {format_bytes(changed_need)})")
+    analytic = costs.source == "analytic"
+    changes = _changes(job, analytic)
+    hints: list[str] = []
+    for size in (1, 2):
+        for combo in itertools.combinations(changes, size):
+            changed = job
+            for _, change in combo:
+                changed = change(changed)
+            changed_need = least_memory(changed, model_costs(changed) if analytic else costs)
+            if changed_need <= budget:
+                hints.append(f"{' '.join(label for label, _ in combo)} (needs {format_bytes(changed_need)})")
+        if hints:
+            break
     would = (
         "; would fit: " + ", ".join(hints)
         if hints
-        else "; none of --recompute full, smaller microbatches, twice the GPUs or ZeRO-1 x8 alone fits"
+        else "; no one or two of " + ", ".join(label for label, _ in changes) + " would fit"
     )
     return (
         f"infeasible: no plan fits {format_bytes(budget)} per GPU; the least any split needs is "
@@ -373,7 +501,7 @@ def plan_output(result: PlanResult) -> tuple[Schedule, PlanSection]:
     """The plan's schedule, capped at each device's budget less its static bytes, and its `plan` object."""
     job, plan = result.job, result.plan
     budget = job.device.budget
-    split = plan.schedule.problem.split_backward
+    split = plan.problem.split_backward
     problem = stage_problem(
         result.costs, plan.partition, plan.layout.placement, job.gpus, job.training.microbatches, split, budget
     )
@@ -385,7 +513,7 @@ def plan_output(result: PlanResult) -> tuple[Schedule, PlanSection]:
     }
     if result.solver:
         provenance["solver"] = result.solver
-    schedule = from_order(problem, _order(plan.schedule), "plan", **provenance)
+    schedule = plan.schedule(problem, **provenance)
     section = PlanSection(
         model=job.model.name,
         partition=plan.partition,
