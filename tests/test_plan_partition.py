@@ -14,7 +14,7 @@ from pipesynth.errors import InfeasibleError, PipesynthError
 from pipesynth.plan.costs import model_costs
 from pipesynth.plan.job import Device, Job, ModelShape, Training
 from pipesynth.plan.partition import Partition, best_partition, device_static, even_partition, stage_figures
-from pipesynth.plan.search import inflight, least_memory, limited_1f1b_order, plan_job, plan_output
+from pipesynth.plan.search import inflight, least_memory, limited_1f1b_order, plan_job, plan_output, with_recompute
 
 
 def small_job(layers: int = 6, gpus: int = 2, microbatches: int = 4, memory: float = 2**30, vocab: int = 2048) -> Job:
@@ -140,3 +140,12 @@ def test_limited_1f1b_runs_with_at_most_its_limit_in_flight_and_is_1f1b_at_d(dev
         assert max(most) == min(limit, devices, microbatches)
     full = from_order(problem, limited_1f1b_order(devices, microbatches, devices), "limited")
     assert full.metrics == generate("1f1b", devices, microbatches, cost={"F": 1, "B": 2}).metrics
+
+
+def test_recompute_alternative_fits_the_budget_and_is_offered_only_without_recompute():
+    job = small_job(memory=160 * 2**20)
+    quick = with_recompute(job, model_costs(job))
+    assert quick is not None and quick.fits(job.device.budget)
+    full = replace(job, training=replace(job.training, recompute="full"))
+    assert model_costs(full).decoder.activation < model_costs(job).decoder.activation / 10  # keeps its input only
+    assert with_recompute(full, model_costs(full)) is None

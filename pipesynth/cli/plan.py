@@ -14,7 +14,7 @@ from pipesynth.formats.schedule_json import load_problem
 from pipesynth.plan.costs import model_costs, with_profile
 from pipesynth.plan.job import ATTENTION, OPTIMIZERS, PRECISIONS, RECOMPUTE, Device, Job, Training, read_hf_config
 from pipesynth.plan.plan_file import megatron_layout, save_plan
-from pipesynth.plan.search import Candidate, PlanResult, plan_job, plan_output
+from pipesynth.plan.search import Candidate, PlanResult, plan_job, plan_output, with_recompute
 
 
 def _bytes(text: str, option: str) -> float:
@@ -70,6 +70,13 @@ def print_table(result: PlanResult) -> None:
         typer.echo(f"plan vs the best evenly split schedule that fits ({best.label}): {100 * gain:.1f}% shorter step")
     else:
         typer.echo("no evenly split handcrafted schedule fits this budget; the plan does")
+    quick = with_recompute(job, result.costs)
+    if quick is not None and quick.makespan < 0.95 * result.plan.makespan:
+        typer.echo(
+            f"hint: with --recompute full, {quick.label} on layers {','.join(map(str, quick.partition.layers))} "
+            f"predicts {quick.makespan / 1000:.1f} ms ({100 * (1 - quick.makespan / result.plan.makespan):.0f}% "
+            "shorter): memory, not compute, limits this plan"
+        )
 
 
 @command()

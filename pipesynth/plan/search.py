@@ -376,6 +376,32 @@ def _limited_1f1b(search: _Search) -> list[Candidate]:
     return out
 
 
+def with_recompute(job: Job, costs: ModelCosts) -> Candidate | None:
+    """The fastest quick plan (1F1B and ZB-H1 on the even split and on the split their memory allows) if
+    every decoder layer were recomputed: for a hint when memory, not compute, limits the plan."""
+    if job.training.recompute == "full" or costs.source != "analytic":
+        return None
+    changed = replace(job, training=replace(job.training, recompute="full"))
+    search = _Search(changed, model_costs(changed), time.monotonic())
+    layout = Layout("linear", 1, placement_for("linear", job.gpus))
+    even = even_partition(search.costs.layers, job.gpus)
+    best = None
+    for name in ("1f1b", "zb-h1"):
+        try:
+            base = search.candidate(
+                name, layout, even, GENERATORS[name].build(search.problem(layout, even, name != "1f1b"))
+            )
+        except PipesynthError:
+            continue
+        best = search.better(best, base)
+        for held in inflight(base.problem, base.order):
+            split = base.problem.split_backward
+            proposal = best_partition(search.costs, layout.placement, job.gpus, held, split, search.budget)
+            if proposal is not None:
+                best = search.better(best, search.retime(base, proposal))
+    return best if best is not None and best.fits(search.budget) else None
+
+
 def _solver_info(schedule: Schedule) -> dict:
     return {k: schedule.provenance.get(k) for k in ("method", "status", "lower_bound", "gap", "seconds")}
 
