@@ -512,11 +512,16 @@ def infeasible_message(job: Job, costs: ModelCosts) -> str:
                 hints.append(f"{' '.join(label for label, _ in combo)} (needs {format_bytes(changed_need)})")
         if hints:
             break
-    would = (
-        "; would fit: " + ", ".join(hints)
-        if hints
-        else "; no one or two of " + ", ".join(label for label, _ in changes) + " would fit"
-    )
+    if not hints:  # more GPUs alone, as many as the layers allow
+        gpus = 4 * job.gpus
+        while gpus <= costs.layers + 2:
+            more_need = least_memory(replace(job, gpus=gpus), costs)
+            if more_need <= budget:
+                hints.append(f"--gpus {gpus} (needs {format_bytes(more_need)})")
+                break
+            gpus *= 2
+    labels = " or ".join(label for label, _ in changes)
+    would = "; would fit: " + ", ".join(hints) if hints else f"; nothing fits by {labels}, alone or together"
     return (
         f"infeasible: no plan fits {format_bytes(budget)} per GPU; the least any split needs is "
         f"{format_bytes(need)} (short by {format_bytes(need - budget)}){would}"
