@@ -12,9 +12,10 @@ from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
 from pipesynth.errors import InfeasibleError, PipesynthError
 from pipesynth.plan.costs import model_costs
+from pipesynth.plan.feasibility import least_memory
 from pipesynth.plan.job import Device, Job, ModelShape, Training
 from pipesynth.plan.partition import Partition, best_partition, device_static, even_partition, stage_figures
-from pipesynth.plan.search import inflight, least_memory, limited_1f1b_order, plan_job, plan_output, with_recompute
+from pipesynth.plan.search import inflight, limited_1f1b_order, plan_job, plan_output, with_recompute
 
 
 def small_job(layers: int = 6, gpus: int = 2, microbatches: int = 4, memory: float = 2**30, vocab: int = 2048) -> Job:

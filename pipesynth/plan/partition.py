@@ -22,10 +22,34 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipesynth.core.problem import Problem
+from pipesynth.core.problem import Problem, placement_for
 from pipesynth.core.units import PROFILED
 from pipesynth.errors import PipesynthError
 from pipesynth.plan.costs import LayerCost, ModelCosts
+
+#: Loop placements tried: stages per device.
+LOOP_CHUNKS = (2, 4)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A placement of stages on devices."""
+
+    kind: str  # linear, loop, v
+    chunks: int  # stages per device
+    placement: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"loop x{self.chunks}" if self.kind == "loop" else self.kind
+
+
+def layouts(devices: int, layers: int) -> list[Layout]:
+    """Every placement whose stages can each hold at least one layer of the model."""
+    out = [Layout("linear", 1, placement_for("linear", devices))]
+    out += [Layout("loop", v, placement_for("loop", devices, v)) for v in LOOP_CHUNKS]
+    out.append(Layout("v", 2, placement_for("v", devices)))
+    return [lay for lay in out if len(lay.placement) <= layers + 2 and (devices > 1 or lay.kind == "linear")]
 
 
 @dataclass(frozen=True)
