@@ -56,7 +56,7 @@ def accuracy_table() -> list[str]:
         import torch
         import transformers
 
-        from pipesynth.runtime.layer_memory import layer_kind_bytes
+        from pipesynth.runtime.layer_memory import layer_kind_bytes, split_backward_bytes
     except ImportError as err:
         return [f"(skipped: {err}; pip install -e '.[runtime,dev]')"]
     from pipesynth.plan.job import model_from_hf_config
@@ -100,6 +100,24 @@ def accuracy_table() -> list[str]:
                             )
     lines.append("")
     lines.append(f"Largest error: {100 * worst:.2f}% (target: within 10%).")
+    lines += [
+        "",
+        "Kept for W (fp32, flash): the model's bytes against what the executor's split B (runtime/split.py, "
+        "graph_split.py) leaves for W on decoder layer 0; the model counts each projection's input and output "
+        "gradient only (Zero Bubble's M_W), the executor also graph-splits the RMSNorm weights.",
+        "",
+        "| seq | mbs | after F, measured | after B, measured | kept for W, predicted | error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seq, mbs in ((32, 1), (64, 2)):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields, attn_implementation="sdpa"))
+        after_f, after_b = split_backward_bytes(model, mbs, seq)
+        t = Training(seq, mbs, 1, precision="fp32")
+        kept = model_costs(Job(shape, t, Device(1, 1, GIB), 1)).decoder.kept_for_w
+        lines.append(
+            f"| {seq} | {mbs} | {after_f} | {after_b} | {kept:.0f} | {100 * (kept - after_b) / after_b:+.1f}% |"
+        )
     return lines
 
 

@@ -6,7 +6,9 @@ recompute) and the head with its loss, each run forward on one microbatch
 under `ActivationMeter.saving()`, parameters and buffers excluded. The
 model is any `*ForCausalLM` with `.model.embed_tokens`, `.model.layers`,
 `.model.rotary_emb`, `.model.norm` and `.lm_head` (Llama, Mistral, Qwen2);
-transformers itself is not imported here.
+transformers itself is not imported here. `split_backward_bytes` measures
+what the executor's split B leaves for W, to compare with the model's
+kept-for-W bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from pipesynth.runtime.memory import ActivationMeter
+from pipesynth.runtime.passes import graph_split_params, input_backward, weight_backward
+from pipesynth.runtime.split import make_splittable
 
 
 def saved_bytes(fn: Callable[[], object], exclude: list[torch.Tensor], autocast: bool = False) -> int:
@@ -56,3 +60,36 @@ def layer_kind_bytes(
         "decoder": saved_bytes(decoder, exclude, autocast),
         "head": saved_bytes(head, exclude, autocast),
     }
+
+
+class _RotaryLayer(torch.nn.Module):
+    """A decoder layer that takes the hidden state alone (computing its rotary cos/sin), as a stage does."""
+
+    def __init__(self, layer: torch.nn.Module, rotary: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.rotary = rotary
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+        return self.layer(hidden, position_embeddings=self.rotary(hidden, positions))
+
+
+def split_backward_bytes(model: torch.nn.Module, microbatch_size: int, seq_len: int) -> tuple[int, int]:
+    """Bytes decoder layer 0 holds after F and after the executor's split B (what W still needs).
+
+    Switches the layer's Linear modules to their split twins in place (make_splittable).
+    """
+    inner = model.model
+    stage = make_splittable(_RotaryLayer(inner.layers[0], inner.rotary_emb))
+    meter = ActivationMeter()
+    meter.exclude([*stage.parameters(), *stage.buffers()])
+    x = torch.randn(microbatch_size, seq_len, inner.config.hidden_size, requires_grad=True)
+    with meter.saving():
+        out = stage(x)
+    after_f = meter.level
+    deferred = input_backward(out, [torch.ones_like(out)], x, graph_split_params(stage), meter.hold)
+    del out
+    after_b = meter.level
+    weight_backward(*deferred)
+    return after_f, after_b
