@@ -30,7 +30,8 @@ NOT_HERE = [
     (r"\s--solve\b", "runs the solver at six caps"),
     (r"--device cuda", "needs a GPU"),
 ]
-SOLVE_SECONDS = 10  # a solve allowed to search longer than this is not run here
+SOLVE_SECONDS = 10  # a solve or plan allowed to search longer than this is not run here
+DEFAULT_SECONDS = {"solve": 30.0, "plan": 20.0}  # their --time-limit defaults
 
 
 def readme_commands() -> list[str]:
@@ -38,7 +39,8 @@ def readme_commands() -> list[str]:
     found = []
     for lang, body in re.findall(r"```([^\n]*)\n(.*?)```", README.read_text(), re.S):
         if lang.strip() in ("", "sh", "bash", "shell", "console"):
-            found += [line.strip() for line in body.splitlines() if COMMAND.match(line.strip())]
+            lines = re.sub(r"\\\n\s*", " ", body).splitlines()  # a command continued with a backslash is one
+            found += [line.strip() for line in lines if COMMAND.match(line.strip())]
     return found
 
 
@@ -46,9 +48,10 @@ def why_not_run(command: str) -> str | None:
     for pattern, why in NOT_HERE:
         if re.search(pattern, command):
             return why
-    if command.startswith("pipesynth solve"):
+    searching = re.match(r"pipesynth (solve|plan)\b", command)
+    if searching:
         limit = re.search(r"(?:-t|--time-limit)\s+(\S+)", command)
-        seconds = float(limit.group(1)) if limit else 30.0
+        seconds = float(limit.group(1)) if limit else DEFAULT_SECONDS[searching.group(1)]
         if seconds > SOLVE_SECONDS:
             return f"the solver may search for {seconds:g} s"
     return None

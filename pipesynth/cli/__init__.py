@@ -219,3 +219,4 @@ from pipesynth.cli import solve  # noqa: E402,F401
 from pipesynth.cli import interop  # noqa: E402,F401
 from pipesynth.cli import run  # noqa: E402,F401
 from pipesynth.cli import demo  # noqa: E402,F401
+from pipesynth.cli import plan  # noqa: E402,F401
