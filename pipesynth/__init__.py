@@ -1,7 +1,9 @@
 """pipesynth: pipeline-parallel training schedules, synthesized and checked.
 
 The core (this package) never imports torch: the executor lives in
-`pipesynth.runtime` and depends on the core, never the reverse.
+`pipesynth.runtime` and depends on the core, never the reverse. Importing
+the package registers the readers of the schedule file's sections that
+higher layers define (the `plan` object), so every reader checks them.
 """
 
 import logging
@@ -12,6 +14,7 @@ from pipesynth.core.simulate import Simulation, simulate
 from pipesynth.core.validate import find_violations, validate
 from pipesynth.errors import InfeasibleError, InvalidScheduleError, PipesynthError, ScheduleFormatError
 from pipesynth.formats.schedule_json import load, load_problem, save
+from pipesynth.plan import plan_file  # noqa: F401  (registers the `plan` section's reader: every load checks it)
 
 __version__ = "0.1.0"
 

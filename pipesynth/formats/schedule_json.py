@@ -2,9 +2,13 @@
 
 The reader is strict: the JSON text is checked for size, nesting and
 numbers before and while parsing (`json_text`), every object for unknown
-keys (only `provenance` and `plan` are free-form) and every field for its
-type and range, naming the field at fault; then `load`/`loads` validate the
-schedule against the rules, planned times and metrics included. The JSON
+keys (only `provenance` is free-form) and every field for its type and
+range, naming the field at fault; then `load`/`loads` validate the schedule
+against the rules, planned times and metrics included. Top-level sections
+that a higher layer defines (`plan`: pipesynth/plan/plan_file.py) are read by
+the checker that layer registers here (`register_section`), so this module
+needs nothing above it and every reader checks them. The field helpers
+(`expect_object`, `get_field`, ...) are public for those checkers. The JSON
 Schema in schemas/ describes the same format for other tools. Writing goes
 through a temporary file so a failed write leaves nothing half written.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from pipesynth.core.problem import OPS, Problem, check_size, per_stage
@@ -32,17 +37,41 @@ MEMORY_KEYS = ("activation", "kept_for_w", "cap")
 UNITS_KEYS = ("time", "memory")
 ACTION_KEYS = ("op", "stage", "mb", "start", "end")
 METRICS_KEYS = ("makespan", "bubble_rate", "peak_memory")
+#: Top-level sections a higher layer defines and reads (register_section); the format reserves their keys.
+SECTION_KEYS = ("plan",)
 #: Fewest characters one action takes in a file (`{"op":"F","stage":0,"mb":0}`): bounds the passes a file can list.
 MIN_ACTION_BYTES = 27
 
+#: key -> read(value, problem): the section's value, checked against the problem; raises
+#: ScheduleFormatError naming the field (`plan.memory[2].static`).
+SectionReader = Callable[[Any, Problem], Any]
+_SECTION_READERS: dict[str, SectionReader] = {}
 
-def _num(x: float) -> int | float:
+
+def register_section(key: str, read: SectionReader) -> None:
+    """Have every reader of schedule files check the top-level section `key` with `read`.
+
+    The layer that defines the section registers its reader when imported;
+    `pipesynth/__init__.py` imports it, so it is registered before any file
+    is read (docs/design.md section 5).
+    """
+    if key not in SECTION_KEYS:
+        raise ValueError(f"{key!r} is not a section of {FORMAT}; sections: {', '.join(SECTION_KEYS)}")
+    _SECTION_READERS[key] = read
+
+
+def read_sections(data: dict[str, Any], problem: Problem) -> dict[str, Any]:
+    """The sections present in a parsed file, each read by its registered reader."""
+    return {key: read(data[key], problem) for key, read in _SECTION_READERS.items() if key in data}
+
+
+def plain_number(x: float) -> int | float:
     """Integral floats as ints, so files read like the ones people write."""
     return int(x) if float(x).is_integer() else x
 
 
 def _nums(xs: tuple[float, ...] | list[float]) -> list[int | float]:
-    return [_num(x) for x in xs]
+    return [plain_number(x) for x in xs]
 
 
 def problem_to_dict(problem: Problem) -> dict[str, Any]:
@@ -55,7 +84,7 @@ def problem_to_dict(problem: Problem) -> dict[str, Any]:
         "placement": list(problem.placement),
         "split_backward": problem.split_backward,
         "cost": cost,
-        "comm": _num(problem.comm),
+        "comm": plain_number(problem.comm),
         "memory": {
             "activation": _nums(problem.activation),
             "kept_for_w": _nums(problem.kept_for_w),
@@ -71,9 +100,9 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     def action(a: Action) -> dict[str, Any]:
         out: dict[str, Any] = {"op": a.op, "stage": a.stage, "mb": a.mb}
         if a.start is not None:
-            out["start"] = _num(a.start)
+            out["start"] = plain_number(a.start)
         if a.end is not None:
-            out["end"] = _num(a.end)
+            out["end"] = plain_number(a.end)
         return out
 
     out: dict[str, Any] = {
@@ -85,7 +114,7 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     if schedule.metrics is not None:
         m = schedule.metrics
         out["metrics"] = {
-            "makespan": _num(m.makespan),
+            "makespan": plain_number(m.makespan),
             "bubble_rate": m.bubble_rate,
             "peak_memory": _nums(m.peak_memory),
         }
@@ -93,10 +122,10 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     return out
 
 
-def _object(value: Any, path: str, keys: tuple[str, ...], noun: str = "key") -> dict[str, Any]:
+def expect_object(value: Any, path: str, keys: tuple[str, ...], noun: str = "key") -> dict[str, Any]:
     """`value` as an object whose keys are all among `keys` (else the first unknown one is named)."""
     if not isinstance(value, dict):
-        raise ScheduleFormatError(f"{path or 'file'}: expected an object, got {_show(value)}")
+        raise ScheduleFormatError(f"{path or 'file'}: expected an object, got {show_value(value)}")
     for key in value:
         if key not in keys:
             expected = ", ".join(keys[:-1]) + " or " + keys[-1]
@@ -104,7 +133,7 @@ def _object(value: Any, path: str, keys: tuple[str, ...], noun: str = "key") -> 
     return value
 
 
-def _get(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
+def get_field(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
     """`obj[key]` of one of `kinds` (bool is never an int here); None when optional and absent."""
     where = join(path, key)
     if key not in obj:
@@ -114,11 +143,11 @@ def _get(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...
     value = obj[key]
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise ScheduleFormatError(f"{where}: expected {_kind_name(kinds)}, got {_show(value)}")
+        raise ScheduleFormatError(f"{where}: expected {_kind_name(kinds)}, got {show_value(value)}")
     return value
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     text = "null" if value is None else repr(value)
     return text if len(text) <= 40 else text[:36] + "..."
 
@@ -132,34 +161,37 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
         list: "a list",
         dict: "an object",
     }
+    if float in kinds:  # an integer is a number too
+        kinds = tuple(k for k in kinds if k is not int)
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
 NUMBER = (int, float)
 
 
-def _integers(values: list[Any], path: str, what: str) -> None:
+def expect_integers(values: list[Any], path: str, what: str) -> None:
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ScheduleFormatError(f"{path}[{i}]: expected an integer {what}, got {_show(v)}")
+            raise ScheduleFormatError(f"{path}[{i}]: expected an integer {what}, got {show_value(v)}")
 
 
 def problem_from_dict(data: Any, path: str = "problem") -> Problem:
     """A Problem from the `problem` object of a schedule file (or a problem file, `path=""`)."""
-    data = _object(data, path, PROBLEM_KEYS)
-    devices = _get(data, "devices", path, int)
-    microbatches = _get(data, "microbatches", path, int)
-    placement = _get(data, "placement", path, list)
-    _integers(placement, join(path, "placement"), "device")
-    split = _get(data, "split_backward", path, bool, required=False)
+    data = expect_object(data, path, PROBLEM_KEYS)
+    devices = get_field(data, "devices", path, int)
+    microbatches = get_field(data, "microbatches", path, int)
+    placement = get_field(data, "placement", path, list)
+    expect_integers(placement, join(path, "placement"), "device")
+    split = get_field(data, "split_backward", path, bool, required=False)
     split = True if split is None else split
     try:  # before any list is built per device or per pass
         check_size(devices, microbatches, len(placement), len(OPS) if split else 2)
     except PipesynthError as err:
         raise ScheduleFormatError(f"{join(path, str(err))}") from None
-    cost = _object(_get(data, "cost", path, dict), join(path, "cost"), OPS, noun="pass")
-    comm = _get(data, "comm", path, NUMBER, required=False) or 0
-    memory = _object(_get(data, "memory", path, dict, required=False) or {}, join(path, "memory"), MEMORY_KEYS)
+    cost = expect_object(get_field(data, "cost", path, dict), join(path, "cost"), OPS, noun="pass")
+    comm = get_field(data, "comm", path, NUMBER, required=False) or 0
+    raw_memory = get_field(data, "memory", path, dict, required=False) or {}
+    memory = expect_object(raw_memory, join(path, "memory"), MEMORY_KEYS)
     stages = len(placement)
 
     def values(obj: dict[str, Any], key: str, where: str, count: int, per: str = "stage", default: Any = None):
@@ -202,12 +234,12 @@ def problem_from_dict(data: Any, path: str = "problem") -> Problem:
 
 def _units(data: dict[str, Any], path: str) -> Units | None:
     """The optional `units` object: what a time and a memory number mean (e.g. us, bytes)."""
-    raw = _get(data, "units", path, dict, required=False)
+    raw = get_field(data, "units", path, dict, required=False)
     if raw is None:
         return None
     where = join(path, "units")
-    _object(raw, where, UNITS_KEYS)
-    return Units(time=_get(raw, "time", where, str), memory=_get(raw, "memory", where, str))
+    expect_object(raw, where, UNITS_KEYS)
+    return Units(time=get_field(raw, "time", where, str), memory=get_field(raw, "memory", where, str))
 
 
 def schedule_from_dict(data: Any, size: int | None = None) -> Schedule:
@@ -217,14 +249,14 @@ def schedule_from_dict(data: Any, size: int | None = None) -> Schedule:
     problem needing more is refused before anything is built for them.
     """
     if not isinstance(data, dict):
-        raise ScheduleFormatError(f"file: expected an object, got {_show(data)}")
-    fmt = _get(data, "format", "", str)
+        raise ScheduleFormatError(f"file: expected an object, got {show_value(data)}")
+    fmt = get_field(data, "format", "", str)
     if fmt != FORMAT:
         raise ScheduleFormatError(f"format: unsupported version {fmt!r}; this reader knows {FORMAT!r}")
-    _object(data, "", SCHEDULE_KEYS)
-    _get(data, "plan", "", dict, required=False)  # free-form for now (docs/design.md section 5)
-    problem = problem_from_dict(_get(data, "problem", "", dict))
-    raw_actions = _get(data, "actions", "", list)
+    expect_object(data, "", SCHEDULE_KEYS)
+    get_field(data, "plan", "", dict, required=False)  # free-form for now (docs/design.md section 5)
+    problem = problem_from_dict(get_field(data, "problem", "", dict))
+    raw_actions = get_field(data, "actions", "", list)
     if len(raw_actions) != problem.devices:
         raise ScheduleFormatError(f"actions: expected one list per device ({problem.devices}), got {len(raw_actions)}")
     passes = len(problem.ops) * problem.stages * problem.microbatches
@@ -234,55 +266,55 @@ def schedule_from_dict(data: Any, size: int | None = None) -> Schedule:
             f"{passes} actions; a file of {size} characters holds at most {size // MIN_ACTION_BYTES}"
         )
     actions = [_device_actions(dev, d, problem) for d, dev in enumerate(raw_actions)]
-    name = _get(data, "name", "", str, required=False) or ""
+    name = get_field(data, "name", "", str, required=False) or ""
     return Schedule(
         problem,
         actions,
         name=name,
         metrics=_metrics(data, problem),
-        provenance=_get(data, "provenance", "", dict, required=False) or {},
+        provenance=get_field(data, "provenance", "", dict, required=False) or {},
     )
 
 
 def _device_actions(raw: Any, d: int, problem: Problem) -> list[Action]:
     if not isinstance(raw, list):
-        raise ScheduleFormatError(f"actions[{d}]: expected a list of actions, got {_show(raw)}")
+        raise ScheduleFormatError(f"actions[{d}]: expected a list of actions, got {show_value(raw)}")
     ops = problem.ops
     row = []
     for k, item in enumerate(raw):
         where = f"actions[{d}][{k}]"
-        item = _object(item, where, ACTION_KEYS)
-        op = _get(item, "op", where, str)
+        item = expect_object(item, where, ACTION_KEYS)
+        op = get_field(item, "op", where, str)
         if op not in ops:
             raise ScheduleFormatError(f"{where}.op: expected one of {', '.join(ops)}, got {op!r}")
-        stage = _get(item, "stage", where, int)
-        mb = _get(item, "mb", where, int)
+        stage = get_field(item, "stage", where, int)
+        mb = get_field(item, "mb", where, int)
         if not 0 <= stage < problem.stages:
             raise ScheduleFormatError(f"{where}.stage: {stage} is out of range 0..{problem.stages - 1}")
         if not 0 <= mb < problem.microbatches:
             raise ScheduleFormatError(f"{where}.mb: {mb} is out of range 0..{problem.microbatches - 1}")
-        start = _get(item, "start", where, NUMBER, required=False)
-        end = _get(item, "end", where, NUMBER, required=False)
+        start = get_field(item, "start", where, NUMBER, required=False)
+        end = get_field(item, "end", where, NUMBER, required=False)
         row.append(Action(op, stage, mb, None if start is None else float(start), None if end is None else float(end)))
     return row
 
 
 def _metrics(data: dict[str, Any], problem: Problem) -> Metrics | None:
-    raw = _get(data, "metrics", "", dict, required=False)
+    raw = get_field(data, "metrics", "", dict, required=False)
     if raw is None:
         return None
-    _object(raw, "metrics", METRICS_KEYS)
-    peak = _get(raw, "peak_memory", "metrics", list)
+    expect_object(raw, "metrics", METRICS_KEYS)
+    peak = get_field(raw, "peak_memory", "metrics", list)
     if len(peak) != problem.devices:
         raise ScheduleFormatError(
             f"metrics.peak_memory: expected {problem.devices} values (one per device), got {len(peak)}"
         )
     for d, x in enumerate(peak):
         if isinstance(x, bool) or not isinstance(x, NUMBER):
-            raise ScheduleFormatError(f"metrics.peak_memory[{d}]: expected a number, got {_show(x)}")
+            raise ScheduleFormatError(f"metrics.peak_memory[{d}]: expected a number, got {show_value(x)}")
     return Metrics(
-        makespan=float(_get(raw, "makespan", "metrics", NUMBER)),
-        bubble_rate=float(_get(raw, "bubble_rate", "metrics", NUMBER)),
+        makespan=float(get_field(raw, "makespan", "metrics", NUMBER)),
+        bubble_rate=float(get_field(raw, "bubble_rate", "metrics", NUMBER)),
         peak_memory=tuple(float(x) for x in peak),
     )
 
@@ -308,22 +340,44 @@ def _writable(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def dumps(schedule: Schedule) -> str:
-    """JSON with one action per line: diffable and still readable."""
-    return _compact(_writable(schedule_to_dict(schedule))) + "\n"
+def dumps(schedule: Schedule, sections: dict[str, Any] | None = None) -> str:
+    """JSON with one action per line: diffable and still readable. `sections` (`{"plan": {...}}`, as
+    their layer writes them) come last."""
+    data = schedule_to_dict(schedule)
+    for key, value in (sections or {}).items():
+        if key not in SECTION_KEYS:
+            raise ValueError(f"{key!r} is not a section of {FORMAT}; sections: {', '.join(SECTION_KEYS)}")
+        data[key] = value
+    return _compact(_writable(data)) + "\n"
+
+
+def loads_with_sections(text: str, source: str = "schedule", validate: bool = True) -> tuple[Schedule, dict[str, Any]]:
+    """A schedule from JSON text and its sections (`{"plan": PlanSection}` when it has a plan), checked for
+    form and (unless `validate=False`) against every rule."""
+    return _schedule_and_sections(parse_json(text, source), len(text), validate)
+
+
+def _schedule_and_sections(data: Any, size: int, validate: bool) -> tuple[Schedule, dict[str, Any]]:
+    schedule = schedule_from_dict(data, size=size)
+    sections = read_sections(data, schedule.problem)
+    if validate:
+        check_rules(schedule)
+    return schedule, sections
 
 
 def loads(text: str, source: str = "schedule", validate: bool = True) -> Schedule:
-    """A schedule from JSON text, checked for form and (unless `validate=False`) against every rule."""
-    schedule = schedule_from_dict(parse_json(text, source), size=len(text))
-    if validate:
-        check_rules(schedule)
-    return schedule
+    """`loads_with_sections`, the schedule alone (its sections are checked all the same)."""
+    return loads_with_sections(text, source, validate)[0]
+
+
+def load_with_sections(path: str | os.PathLike[str], validate: bool = True) -> tuple[Schedule, dict[str, Any]]:
+    """`loads_with_sections` of a file (at most files.MAX_FILE_BYTES of UTF-8)."""
+    return loads_with_sections(read_text(path), source=str(path), validate=validate)
 
 
 def load(path: str | os.PathLike[str], validate: bool = True) -> Schedule:
     """`loads` of a file (at most files.MAX_FILE_BYTES of UTF-8)."""
-    return loads(read_text(path), source=str(path), validate=validate)
+    return load_with_sections(path, validate)[0]
 
 
 def load_problem(path: str | os.PathLike[str]) -> Problem:
@@ -331,9 +385,7 @@ def load_problem(path: str | os.PathLike[str]) -> Problem:
     text = read_text(path)
     data = parse_json(text, str(path))
     if isinstance(data, dict) and {"format", "problem", "actions"} & set(data):
-        schedule = schedule_from_dict(data, size=len(text))
-        check_rules(schedule)
-        return schedule.problem
+        return _schedule_and_sections(data, len(text), validate=True)[0].problem
     return problem_from_dict(data, path="")
 
 

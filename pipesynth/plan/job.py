@@ -9,13 +9,13 @@ are plain dataclasses that check themselves (docs/design.md section 9).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.files import read_text
+from pipesynth.formats.json_text import parse_json
 
 #: model_type -> whether q, k, v projections carry a bias by construction (Qwen2 does).
 ARCHITECTURES = {"llama": False, "mistral": False, "qwen2": True}
@@ -43,8 +43,12 @@ class ModelShape:
     o_bias: bool = False
     mlp_bias: bool = False
     name: str = "model"
+    model_type: str = "llama"
 
     def __post_init__(self) -> None:
+        if self.model_type not in ARCHITECTURES:
+            supported = ", ".join(ARCHITECTURES)
+            raise PipesynthError(f"model.model_type: unknown {self.model_type!r}; supported: {supported}")
         for field in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "vocab"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -206,28 +210,66 @@ def model_from_hf_config(data: Any, where: str = "config.json") -> ModelShape:
             )
         head_dim = hidden // heads
     bias = _field(data, "attention_bias", bool, where, default=False, required=False)
+    sizes = {
+        "intermediate": _field(data, "intermediate_size", int, where),
+        "layers": _field(data, "num_hidden_layers", int, where),
+        "kv_heads": _field(data, "num_key_value_heads", int, where, default=heads, required=False),
+        "vocab": _field(data, "vocab_size", int, where),
+        "tied_embeddings": _field(data, "tie_word_embeddings", bool, where, default=False, required=False),
+        "mlp_bias": _field(data, "mlp_bias", bool, where, default=False, required=False),
+    }
     name = data.get("_name_or_path") or (data.get("architectures") or [model_type])[0]
-    return ModelShape(
-        hidden=hidden,
-        intermediate=_field(data, "intermediate_size", int, where),
-        layers=_field(data, "num_hidden_layers", int, where),
-        heads=heads,
-        kv_heads=_field(data, "num_key_value_heads", int, where, default=heads, required=False),
-        head_dim=head_dim,
-        vocab=_field(data, "vocab_size", int, where),
-        tied_embeddings=_field(data, "tie_word_embeddings", bool, where, default=False, required=False),
-        qkv_bias=ARCHITECTURES[model_type] or bias,
-        o_bias=bias,
-        mlp_bias=_field(data, "mlp_bias", bool, where, default=False, required=False),
-        name=str(name),
-    )
+    try:
+        return ModelShape(
+            hidden=hidden,
+            heads=heads,
+            head_dim=head_dim,
+            qkv_bias=ARCHITECTURES[model_type] or bias,
+            o_bias=bias,
+            name=str(name),
+            model_type=model_type,
+            **sizes,
+        )
+    except PipesynthError as err:  # sizes that do not go together (e.g. KV heads that do not divide the heads)
+        raise PipesynthError(f"{where}: {err}") from None
+
+
+#: The `config.json` fields `hf_config` writes (what the cost model and a builder of the model need).
+HF_CONFIG_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "hidden_act",
+)
+
+
+def hf_config(model: ModelShape) -> dict[str, Any]:
+    """The `config.json` fields that describe `model`: `model_from_hf_config` reads them back to the same
+    shape (the name aside), and transformers builds the model from them (the plan file keeps them)."""
+    return {
+        "model_type": model.model_type,
+        "hidden_size": model.hidden,
+        "intermediate_size": model.intermediate,
+        "num_hidden_layers": model.layers,
+        "num_attention_heads": model.heads,
+        "num_key_value_heads": model.kv_heads,
+        "head_dim": model.head_dim,
+        "vocab_size": model.vocab,
+        "tie_word_embeddings": model.tied_embeddings,
+        "attention_bias": model.o_bias,
+        "mlp_bias": model.mlp_bias,
+        "hidden_act": "silu",
+    }
 
 
 def read_hf_config(path: str | os.PathLike[str]) -> ModelShape:
-    """Read a `config.json` file (see `model_from_hf_config`)."""
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise PipesynthError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    return model_from_hf_config(data, where=str(path))
+    """Read a `config.json` file with the strict JSON reader (see `model_from_hf_config`)."""
+    return model_from_hf_config(parse_json(read_text(path), str(path)), where=str(path))

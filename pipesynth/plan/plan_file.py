@@ -1,7 +1,7 @@
 """The `plan` object of a schedule file: the layer split, how to launch it, and the memory it was planned for.
 
 `pipesynth plan` writes a `pipesynth.schedule/1` file with a top-level
-`plan` object (docs/design.md section 5.1). Its core is the decoder layers
+`plan` object (docs/design.md section 5.2). Its core is the decoder layers
 per stage and the placement; the item ranges, Megatron's
 `--pipeline-model-parallel-layout` and torchtitan's settings are derived
 from them, written for people and launchers, and checked on reading, so a
@@ -12,27 +12,35 @@ the file alone is enough for a launcher.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, TypeVar
 
-from pipesynth.core.problem import placement_for
+from pipesynth.core.problem import MAX_VALUE, Problem, placement_for
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError, ScheduleFormatError
-from pipesynth.formats.files import read_text, write_text_atomic
-from pipesynth.formats.schedule_json import dumps, schedule_from_dict
-from pipesynth.plan.job import Training
+from pipesynth.formats.files import write_text_atomic
+from pipesynth.formats.json_text import join
+from pipesynth.formats.schedule_json import (
+    NUMBER,
+    dumps,
+    expect_integers,
+    expect_object,
+    get_field,
+    load_with_sections,
+    plain_number,
+    register_section,
+)
+from pipesynth.plan.job import HF_CONFIG_FIELDS, ModelShape, Training, hf_config, model_from_hf_config
 from pipesynth.plan.partition import Partition, check_partition
 
 T = TypeVar("T")
 PLACEMENT_KINDS = ("linear", "loop", "v")
 COST_SOURCES = ("analytic", "profile")
-NUMBER = (int, float)
 KEYS = (
     "model",
+    "model_config",
     "decoder_layers",
     "placement",
     "stages_per_device",
@@ -64,7 +72,7 @@ class DeviceMemory:
 class PlanSection:
     """What a launcher needs besides the schedule: which layers each stage runs, and the memory plan."""
 
-    model: str
+    model: ModelShape
     partition: Partition
     placement: str
     stages_per_device: int
@@ -76,7 +84,7 @@ class PlanSection:
 
     @property
     def decoder_layers(self) -> int:
-        return sum(self.partition.layers)
+        return self.model.layers
 
     @property
     def devices(self) -> int:
@@ -146,13 +154,14 @@ def torchtitan_settings(plan: PlanSection) -> dict[str, Any]:
 
 
 def _num(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else round(x, 3)
+    return plain_number(round(x, 3))
 
 
 def plan_section_to_dict(plan: PlanSection) -> dict[str, Any]:
-    """The `plan` object as written (docs/design.md section 5.1)."""
+    """The `plan` object as written (docs/design.md section 5.2)."""
     return {
-        "model": plan.model,
+        "model": plan.model.name,
+        "model_config": hf_config(plan.model),
         "decoder_layers": plan.decoder_layers,
         "placement": plan.placement,
         "stages_per_device": plan.stages_per_device,
@@ -170,117 +179,146 @@ def plan_section_to_dict(plan: PlanSection) -> dict[str, Any]:
     }
 
 
-def _get(obj: dict[str, Any], key: str, path: str, kinds: type | tuple[type, ...]) -> Any:
-    if key not in obj:
-        raise ScheduleFormatError(f"{path}{key}: missing")
-    value = obj[key]
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
-        expected = "a number" if kinds == NUMBER else " or ".join(names.get(k, k.__name__) for k in kinds)
-        raise ScheduleFormatError(f"{path}{key}: expected {expected}, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ScheduleFormatError(f"{path}{key}: expected a finite number, got {value!r}")
-    return value
+def plan_section_from_dict(data: Any, problem: Problem, path: str = "plan") -> PlanSection:
+    """Read and check a `plan` object against its schedule's problem; every error names the field
+    (`plan.memory[2].static`). Counts are matched with the problem's before any list is built from
+    them, so a hostile plan costs no more than its problem."""
+    data = expect_object(data, path, KEYS)
 
+    def field(key: str, kinds: type | tuple[type, ...]) -> Any:
+        return get_field(data, key, path, kinds)
 
-def _only(obj: dict[str, Any], known: Sequence[str], path: str) -> None:
-    for key in obj:
-        if key not in known:
-            raise ScheduleFormatError(f"{path}{key}: unknown key; expected {', '.join(known)}")
-
-
-def plan_section_from_dict(data: Any, path: str = "plan.") -> PlanSection:
-    """Read and check a `plan` object; every error names the field (`plan.memory[2].static`)."""
-    if not isinstance(data, dict):
-        raise ScheduleFormatError(f"{path.rstrip('.')}: expected an object")
-    _only(data, KEYS, path)
-    placement = _get(data, "placement", path, str)
+    placement = field("placement", str)
     if placement not in PLACEMENT_KINDS:
-        raise ScheduleFormatError(f"{path}placement: expected one of {', '.join(PLACEMENT_KINDS)}, got {placement!r}")
-    chunks = _get(data, "stages_per_device", path, int)
+        raise ScheduleFormatError(f"{path}.placement: expected one of {', '.join(PLACEMENT_KINDS)}, got {placement!r}")
+    chunks = field("stages_per_device", int)
     fixed = {"linear": 1, "v": 2}.get(placement)
     if (fixed is not None and chunks != fixed) or chunks < 1:
         expected = f"{fixed} for a {placement} placement" if fixed else "at least 1"
-        raise ScheduleFormatError(f"{path}stages_per_device: expected {expected}, got {chunks}")
-    counts = _get(data, "layers_per_stage", path, list)
-    for s, c in enumerate(counts):
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ScheduleFormatError(f"{path}layers_per_stage[{s}]: expected a non-negative integer, got {c!r}")
-    layers = _get(data, "decoder_layers", path, int)
+        raise ScheduleFormatError(f"{path}.stages_per_device: expected {expected}, got {chunks}")
+    raw_memory = field("memory", list)
+    if len(raw_memory) != problem.devices:
+        raise ScheduleFormatError(
+            f"{path}.memory: expected one entry per device ({problem.devices}), got {len(raw_memory)}"
+        )
+    if chunks * problem.devices != problem.stages:
+        raise ScheduleFormatError(
+            f"{path}.stages_per_device: {chunks} on {problem.devices} devices, "
+            f"but the problem has {problem.stages} stages"
+        )
+    counts = field("layers_per_stage", list)
+    expect_integers(counts, join(path, "layers_per_stage"), "layer count")
+    if len(counts) != problem.stages:
+        raise ScheduleFormatError(
+            f"{path}.layers_per_stage: expected one count per stage ({problem.stages}), got {len(counts)}"
+        )
+    model = _model(data, path)
+    layers = field("decoder_layers", int)
+    if layers != model.layers:
+        raise ScheduleFormatError(
+            f"{path}.decoder_layers: {layers}, but {path}.model_config.num_hidden_layers is {model.layers}"
+        )
     partition = Partition(tuple(counts))
     try:
         check_partition(partition, layers)
     except PipesynthError as err:
-        raise ScheduleFormatError(f"{path}layers_per_stage: {str(err).removeprefix('partition: ')}") from None
-    raw_training = _get(data, "training", path, dict)
-    _only(raw_training, [f.name for f in fields(Training)], f"{path}training.")
-    try:
-        training = Training(**raw_training)
-    except (PipesynthError, TypeError) as err:
-        raise ScheduleFormatError(f"{path}training: {err}") from None
-    raw_memory = _get(data, "memory", path, list)
-    memory = []
-    for d, raw in enumerate(raw_memory):
-        where = f"{path}memory[{d}]."
-        if not isinstance(raw, dict):
-            raise ScheduleFormatError(f"{where.rstrip('.')}: expected an object")
-        _only(raw, ("static", "activation", "total"), where)
-        entry = DeviceMemory(float(_get(raw, "static", where, NUMBER)), float(_get(raw, "activation", where, NUMBER)))
-        if min(entry.static, entry.activation) < 0:
-            raise ScheduleFormatError(f"{where.rstrip('.')}: bytes must be non-negative")
-        if "total" in raw and abs(_get(raw, "total", where, NUMBER) - entry.total) > 1:
-            raise ScheduleFormatError(f"{where}total: is not static + activation")
-        memory.append(entry)
-    if not memory:
-        raise ScheduleFormatError(f"{path}memory: expected one entry per device")
-    costs = _get(data, "costs", path, str)
+        raise ScheduleFormatError(f"{path}.layers_per_stage: {str(err).removeprefix('partition: ')}") from None
+    costs = field("costs", str)
     if costs not in COST_SOURCES:
-        raise ScheduleFormatError(f"{path}costs: expected one of {', '.join(COST_SOURCES)}, got {costs!r}")
+        raise ScheduleFormatError(f"{path}.costs: expected one of {', '.join(COST_SOURCES)}, got {costs!r}")
     plan = PlanSection(
-        model=_get(data, "model", path, str),
+        model=model,
         partition=partition,
         placement=placement,
         stages_per_device=chunks,
-        training=training,
-        budget_bytes=float(_get(data, "budget_bytes", path, NUMBER)),
-        memory=tuple(memory),
-        step_time_us=float(_get(data, "step_time_us", path, NUMBER)),
+        training=_training(field("training", dict), join(path, "training")),
+        budget_bytes=_bytes(data, "budget_bytes", path),
+        memory=tuple(_device_memory(raw, f"{path}.memory[{d}]") for d, raw in enumerate(raw_memory)),
+        step_time_us=_bytes(data, "step_time_us", path),
         costs=costs,
     )
-    try:
-        stage_devices = plan.stage_devices()
-    except PipesynthError as err:
-        raise ScheduleFormatError(f"{path}stages_per_device: {err}") from None
-    if len(stage_devices) != partition.stages:
-        raise ScheduleFormatError(
-            f"{path}layers_per_stage: {partition.stages} stages, but a {placement} placement on "
-            f"{plan.devices} devices has {len(stage_devices)}"
-        )
+    check_plan_matches(plan, problem, path)
     derived = plan_section_to_dict(plan)
     for key in ("item_ranges", "megatron", "torchtitan"):
         if key in data and data[key] != derived[key]:
-            raise ScheduleFormatError(f"{path}{key}: does not match {path}layers_per_stage and {path}placement")
+            raise ScheduleFormatError(f"{path}.{key}: does not match {path}.layers_per_stage and {path}.placement")
     return plan
 
 
-def check_plan_matches(plan: PlanSection, schedule: Schedule) -> None:
-    """The plan describes this schedule: same stages, devices, placement and microbatches."""
-    problem = schedule.problem
-    if plan.stage_devices() != problem.placement:
-        raise ScheduleFormatError("plan.placement: does not match problem.placement")
+def _model(data: dict[str, Any], path: str) -> ModelShape:
+    """The model's shape: `model_config` (config.json's fields) named `model`."""
+    where = join(path, "model_config")
+    raw = expect_object(get_field(data, "model_config", path, dict), where, HF_CONFIG_FIELDS)
+    for key, value in raw.items():  # config.json files may say null for "the default"; a plan file says it
+        if value is None:
+            raise ScheduleFormatError(f"{where}.{key}: expected a value, got null")
+    try:
+        shape = model_from_hf_config(raw, where=where)
+    except PipesynthError as err:
+        raise ScheduleFormatError(str(err)) from None
+    return replace(shape, name=get_field(data, "model", path, str))
+
+
+def _training(raw: dict[str, Any], path: str) -> Training:
+    """The `training` object: Training's fields, each of its type; Training checks their values."""
+    expect_object(raw, path, tuple(f.name for f in fields(Training)))
+    kinds = {"int": int, "str": str}
+    values = {
+        f.name: get_field(raw, f.name, path, kinds[f.type], required=f.default is MISSING)
+        for f in fields(Training)
+        if f.name in raw or f.default is MISSING
+    }
+    try:
+        return Training(**values)
+    except PipesynthError as err:
+        raise ScheduleFormatError(f"{path}.{err}") from None
+
+
+def _bytes(obj: dict[str, Any], key: str, path: str) -> float:
+    """A byte count or a time: a number from 0 to MAX_VALUE."""
+    value = float(get_field(obj, key, path, NUMBER))
+    if not 0 <= value <= MAX_VALUE:
+        raise ScheduleFormatError(f"{join(path, key)}: expected a number from 0 to {MAX_VALUE:g}, got {value:g}")
+    return value
+
+
+def _device_memory(raw: Any, path: str) -> DeviceMemory:
+    raw = expect_object(raw, path, ("static", "activation", "total"))
+    entry = DeviceMemory(_bytes(raw, "static", path), _bytes(raw, "activation", path))
+    if "total" in raw and abs(_bytes(raw, "total", path) - entry.total) > 1:
+        raise ScheduleFormatError(f"{path}.total: is not static + activation")
+    return entry
+
+
+def check_plan_matches(plan: PlanSection, problem: Problem, path: str = "plan") -> None:
+    """The plan describes this problem: same placement and microbatches, and each device's cap is the
+    budget less its static bytes (docs/design.md section 5.2)."""
+    try:
+        stage_devices = plan.stage_devices()
+    except PipesynthError as err:
+        raise ScheduleFormatError(f"{path}.stages_per_device: {err}") from None
+    if stage_devices != problem.placement:
+        raise ScheduleFormatError(
+            f"{path}.placement: a {plan.placement} placement of {len(stage_devices)} stages on {plan.devices} "
+            "devices does not match problem.placement"
+        )
     if plan.training.microbatches != problem.microbatches:
-        raise ScheduleFormatError("plan.training.microbatches: does not match problem.microbatches")
+        raise ScheduleFormatError(
+            f"{path}.training.microbatches: {plan.training.microbatches}, but problem.microbatches is "
+            f"{problem.microbatches}"
+        )
+    for d, (memory, cap) in enumerate(zip(plan.memory, problem.cap or ())):
+        if abs(plan.budget_bytes - memory.static - cap) > 1:
+            raise ScheduleFormatError(
+                f"{path}.memory[{d}].static: budget_bytes less static is {plan.budget_bytes - memory.static:g}, "
+                f"but problem.memory.cap[{d}] is {cap:g}"
+            )
 
 
 def dumps_plan(schedule: Schedule, plan: PlanSection) -> str:
     """The schedule file with its `plan` object last."""
-    check_plan_matches(plan, schedule)
-    text = dumps(schedule).rstrip()
-    if not text.endswith("}"):
-        raise PipesynthError("internal: a schedule file must be one JSON object")
-    section = json.dumps(plan_section_to_dict(plan), indent=1).replace("\n", "\n ")
-    return f'{text[:-1].rstrip()},\n "plan": {section}\n}}\n'
+    check_plan_matches(plan, schedule.problem)
+    return dumps(schedule, {"plan": plan_section_to_dict(plan)})
 
 
 def save_plan(schedule: Schedule, plan: PlanSection, path: str | os.PathLike[str]) -> None:
@@ -288,25 +326,28 @@ def save_plan(schedule: Schedule, plan: PlanSection, path: str | os.PathLike[str
 
 
 def load_plan(path: str | os.PathLike[str]) -> tuple[Schedule, PlanSection]:
-    """A plan file: the schedule and its checked `plan` object."""
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise ScheduleFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(data, dict) or "plan" not in data:
+    """A plan file, read like every schedule file (strict, validated): the schedule and its `plan` object."""
+    schedule, sections = load_with_sections(path)
+    if "plan" not in sections:
         raise ScheduleFormatError(f"{path}: plan: missing (write one with `pipesynth plan`)")
-    schedule = schedule_from_dict(data)
-    plan = plan_section_from_dict(data["plan"])
-    check_plan_matches(plan, schedule)
-    return schedule, plan
+    return schedule, sections["plan"]
+
+
+def layers_per_stage(plan: PlanSection | Partition, decoder_layers: int) -> tuple[int, ...]:
+    """The plan's decoder layers per stage for a model of `decoder_layers`, which must be the plan's."""
+    partition = plan.partition if isinstance(plan, PlanSection) else plan
+    planned = sum(partition.layers)
+    if planned != decoder_layers:
+        raise PipesynthError(
+            f"plan.decoder_layers: the plan splits {planned} decoder layers; the model has {decoder_layers}"
+        )
+    return partition.layers
 
 
 def split_by_partition(layers: Sequence[T], plan: PlanSection | Partition) -> list[list[T]]:
     """Cut [embedding, decoder layers..., head] into the plan's stages (wrap each in nn.Sequential to run it)."""
-    partition = plan.partition if isinstance(plan, PlanSection) else plan
-    items = sum(partition.layers) + 2
-    if len(layers) != items:
-        raise PipesynthError(
-            f"layers: the plan splits {items} layers (embedding, {items - 2} decoder layers, head), got {len(layers)}"
-        )
+    partition = Partition(layers_per_stage(plan, len(layers) - 2))
     return [list(layers[start:end]) for start, end in partition.item_ranges()]
+
+
+register_section("plan", plan_section_from_dict)

@@ -429,7 +429,7 @@ def plan_output(result: PlanResult) -> tuple[Schedule, PlanSection]:
         provenance["solver"] = result.solver
     schedule = plan.schedule(problem, **provenance)
     section = PlanSection(
-        model=job.model.name,
+        model=job.model,
         partition=plan.partition,
         placement=plan.layout.kind,
         stages_per_device=plan.layout.chunks,
