@@ -1,8 +1,10 @@
 """A Hugging Face Llama (transformers' own LlamaForCausalLM) cut into pipeline stages.
 
-`tiny_llama(seed)` builds a small LlamaForCausalLM with random weights (no
-download); `llama_stages(model, layers_per_stage)` cuts it by explicit layer
-counts: stage 0 holds the embedding (and computes the rotary position
+`tiny_llama(size, seed)` builds a small LlamaForCausalLM with random weights
+(no download; `examples/tiny-llama-config.json` is the default size as a
+config.json, which `pipesynth plan --hf-config` reads, and `llama_size` reads
+a plan's model back); `llama_stages(model, layers_per_stage)` cuts it by
+explicit layer counts or by a plan (`pipesynth plan`): stage 0 holds the embedding (and computes the rotary position
 embeddings and the causal mask), the last the final norm, the LM head, and
 the loss is taken on its logits; every stage holds its count of decoder
 layers (0 allowed on the first and the last: an embedding-only or head-only
@@ -25,6 +27,11 @@ import torch
 from torch import nn
 
 from pipesynth.errors import PipesynthError
+from pipesynth.plan.costs import model_params
+from pipesynth.plan.plan_file import PlanSection, layers_per_stage
+
+#: The most parameters `llama_size` builds from a plan: every rank builds the whole model on this machine.
+MAX_TINY_PARAMS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,47 @@ class LlamaSize:
     heads: int = 4
     kv_heads: int = 2
     max_positions: int = 256
+    head_dim: int | None = None  # None: hidden // heads
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+
+def llama_size(plan: PlanSection) -> LlamaSize:
+    """The size of the Llama a plan file describes (its `model_config`), to build and train on this machine.
+
+    Refused, naming the field: another architecture, tied embeddings (the
+    embedding and the head on two stages would need their gradients summed
+    across ranks, which the executor does not do) and models over
+    MAX_TINY_PARAMS parameters.
+    """
+    model = plan.model
+    if model.model_type != "llama":
+        raise PipesynthError(
+            f"plan.model_config.model_type: tiny-llama builds a llama; this plan is for a {model.model_type} model"
+        )
+    if model.tied_embeddings:
+        raise PipesynthError(
+            "plan.model_config.tie_word_embeddings: tied embeddings are not supported by the executor (the "
+            "embedding's and the head's gradients would need summing across ranks)"
+        )
+    params = model_params(model)
+    if params > MAX_TINY_PARAMS:
+        raise PipesynthError(
+            f"plan.model_config: {model.name} has {params:,} parameters; tiny-llama builds the whole model on "
+            f"every rank, at most {MAX_TINY_PARAMS:,} (plan a small config such as examples/tiny-llama-config.json)"
+        )
+    return LlamaSize(
+        vocab=model.vocab,
+        hidden=model.hidden,
+        intermediate=model.intermediate,
+        layers=model.layers,
+        heads=model.heads,
+        kv_heads=model.kv_heads,
+        max_positions=max(LlamaSize.max_positions, plan.training.seq_len),
+        head_dim=model.head_dim,
+        attention_bias=model.o_bias,
+        mlp_bias=model.mlp_bias,
+    )
 
 
 def tiny_llama(size: LlamaSize, seed: int, dtype: torch.dtype = torch.float32):
@@ -52,11 +100,24 @@ def tiny_llama(size: LlamaSize, seed: int, dtype: torch.dtype = torch.float32):
         num_attention_heads=size.heads,
         num_key_value_heads=size.kv_heads,
         max_position_embeddings=size.max_positions,
+        head_dim=size.head_dim,
+        attention_bias=size.attention_bias,
+        mlp_bias=size.mlp_bias,
         tie_word_embeddings=False,
     )
     config._attn_implementation = "eager"  # a float mask tensor between stages, float64 allowed
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(dtype)
+
+
+def norm_grads_in_b(module: nn.Module) -> nn.Module:
+    """Mark the model's own RMSNorms (transformers' class, not nn.RMSNorm) so that a split B computes
+    their elementwise weight gradients (split.weight_grads_in_b) instead of splitting them along the
+    graph, which would keep the norms' inputs until W. Returns `module`."""
+    for sub in module.modules():
+        if type(sub).__name__.endswith("RMSNorm"):
+            sub.weight_grads_in_b = True
+    return module
 
 
 class LlamaStage(nn.Module):
@@ -76,9 +137,7 @@ class LlamaStage(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = inner.norm if last else None
         self.lm_head = model.lm_head if last else None
-        for module in self.modules():
-            if type(module).__name__.endswith("RMSNorm"):
-                module.weight_grads_in_b = True  # an elementwise weight gradient: B computes it (split.py)
+        norm_grads_in_b(self)
 
     def forward(self, *args: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if self.embed_tokens is not None:
@@ -103,14 +162,15 @@ class LlamaStage(nn.Module):
         return hidden, cos, sin, mask
 
 
-def llama_stages(model, layers_per_stage: Sequence[int]) -> list[LlamaStage]:
-    """Cut `model` (a LlamaForCausalLM) into stages of `layers_per_stage` decoder layers each, in order.
+def llama_stages(model, split: Sequence[int] | PlanSection) -> list[LlamaStage]:
+    """Cut `model` (a LlamaForCausalLM) into stages of decoder layers: `split` gives the count per stage,
+    in order, or is a plan (`load_plan(path)[1]`), whose decoder layers must be the model's.
 
     The counts must add up to the model's layers; 0 is allowed on the first
     stage (embedding only) and the last (norm and head only), not between.
     """
-    counts = list(layers_per_stage)
     layers = list(model.model.layers)
+    counts = list(layers_per_stage(split, len(layers)) if isinstance(split, PlanSection) else split)
     if not counts or sum(counts) != len(layers) or any(c < 0 for c in counts):
         raise PipesynthError(f"layers per stage {counts} do not add up to the model's {len(layers)} decoder layers")
     empty = [s for s, c in enumerate(counts) if c == 0 and 0 < s < len(counts) - 1]

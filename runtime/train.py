@@ -4,7 +4,10 @@
 Every rank builds the whole model and the data from the seed, so the same
 seed gives the same model, batches and (up to float rounding) losses
 whatever the schedule; `ranks=1` trains the same model in one process on
-the same batches.
+the same batches. A plan file (`pipesynth plan`) gives more than the
+schedule: `train_config` takes the model (the plan's Llama), its split into
+stages, the sequence length, the microbatch size and the precision from
+it, where the caller does not (docs/design.md section 9).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from torch import nn
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.schedule_json import dumps, loads
+from pipesynth.plan.partition import Partition
+from pipesynth.plan.plan_file import PlanSection, layers_per_stage, split_by_partition
 from pipesynth.runtime.launch import LaunchInterrupted, launch, report_progress
-from pipesynth.runtime.llama import LlamaSize
+from pipesynth.runtime.llama import LlamaSize, llama_size
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.models import GPTConfig, MarkovText, even_counts, gpt_stages, lm_loss, tiny_gpt
 
@@ -52,9 +57,11 @@ class TrainConfig:
     device: str = "cpu"
     timeout: float = 60.0
     progress: bool = False
+    layers_per_stage: tuple[int, ...] | None = None  # decoder layers (GPT blocks) per stage; None: even
+    sequence_length: int | None = None  # tokens per sequence; None: the GPT's seq_len (at most the Llama's positions)
 
-    def check(self) -> None:
-        """A PipesynthError naming the field at fault."""
+    def check(self, stages: int | None = None) -> None:
+        """A PipesynthError naming the field at fault (`stages`: the schedule's, when known)."""
         if self.model not in MODELS:
             raise PipesynthError(f"model: unknown {self.model!r}; available: {', '.join(MODELS)}")
         if self.precision not in PRECISIONS:
@@ -63,25 +70,86 @@ class TrainConfig:
             raise PipesynthError(f"runtime: unknown {self.runtime!r}; available: {', '.join(RUNTIMES)}")
         if self.model == "tiny-llama" and importlib.util.find_spec("transformers") is None:
             raise PipesynthError("model: tiny-llama needs transformers (pip install transformers)")
+        if self.layers_per_stage is not None:
+            layers_per_stage(Partition(self.layers_per_stage), self.decoder_layers)
+            if stages not in (None, len(self.layers_per_stage)):
+                raise PipesynthError(
+                    f"layers_per_stage: {len(self.layers_per_stage)} stages, but the schedule has {stages}"
+                )
+        most = self.gpt.seq_len if self.model == "tiny-gpt" else self.llama.max_positions
+        if self.sequence_length is not None and not 0 < self.sequence_length <= most:
+            raise PipesynthError(f"sequence_length: {self.sequence_length}; the {self.model} takes 1 to {most} tokens")
 
     @property
     def vocab(self) -> int:
         return self.gpt.vocab if self.model == "tiny-gpt" else self.llama.vocab
 
     @property
+    def decoder_layers(self) -> int:
+        return self.gpt.blocks if self.model == "tiny-gpt" else self.llama.layers
+
+    @property
     def seq_len(self) -> int:
+        if self.sequence_length is not None:
+            return self.sequence_length
         return self.gpt.seq_len if self.model == "tiny-gpt" else min(self.gpt.seq_len, self.llama.max_positions)
+
+
+def train_config(
+    plan: PlanSection | None = None,
+    *,
+    model: str | None = None,
+    precision: str | None = None,
+    microbatch_size: int | None = None,
+    **settings: Any,
+) -> TrainConfig:
+    """A TrainConfig from a command line's options (None: not given) and a schedule file's plan, if any.
+
+    Without a plan: the tiny GPT, fp32, 2 sequences per microbatch. With a
+    plan: its Llama (`llama.llama_size`; or the tiny GPT when asked, whose
+    blocks must then number the plan's decoder layers), split by its
+    `layers_per_stage`, its sequence length (the Llama's) and microbatch
+    size, and `plan_precision` of its precision.
+    """
+    if plan is None:
+        return TrainConfig(
+            model=model or "tiny-gpt", precision=precision or "fp32", microbatch_size=microbatch_size or 2, **settings
+        )
+    model = model or "tiny-llama"
+    if model == "tiny-llama":
+        settings = {"llama": llama_size(plan), "sequence_length": plan.training.seq_len, **settings}
+    return TrainConfig(
+        model=model,
+        precision=precision or plan_precision(plan.training.precision, settings.get("device", "cpu")),
+        microbatch_size=microbatch_size or plan.training.microbatch_size,
+        layers_per_stage=plan.partition.layers,
+        **settings,
+    )
+
+
+def plan_precision(planned: str, device: str) -> str:
+    """The precision to train a plan in: fp32 on CPUs (bf16 there is slow, and the plan's figures are for
+    GPUs); on GPUs bf16 autocast for `bf16-autocast` and for pure `bf16` (the executor keeps fp32 weights),
+    else fp32."""
+    if device == "cpu" or planned == "fp32":
+        return "fp32"
+    return "bf16"
 
 
 def build_model(cfg: TrainConfig, stages: int, device: torch.device) -> tuple[nn.Module, list[nn.Module]]:
     """The whole model (the reference) and its `stages` pipeline stages, sharing their parameters."""
+    split = cfg.layers_per_stage if stages > 1 else None
     if cfg.model == "tiny-gpt":
         layers = [layer.to(device) for layer in tiny_gpt(cfg.gpt, cfg.seed)]
+        if split is not None:  # [embedding, blocks..., head] cut as a plan cuts a Llama
+            return nn.Sequential(*layers), [nn.Sequential(*s) for s in split_by_partition(layers, Partition(split))]
         return nn.Sequential(*layers), gpt_stages(layers, stages) if stages > 1 else [nn.Sequential(*layers)]
     from pipesynth.runtime.llama import LlamaLM, llama_stages, tiny_llama
 
     model = tiny_llama(cfg.llama, cfg.seed).to(device)
-    return LlamaLM(model), llama_stages(model, even_counts(cfg.llama.layers, stages)) if stages > 1 else []
+    if stages == 1:
+        return LlamaLM(model), []
+    return LlamaLM(model), llama_stages(model, split or even_counts(cfg.llama.layers, stages))
 
 
 def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, cfg: TrainConfig) -> dict:
@@ -90,8 +158,8 @@ def train_rank(rank: int, world: int, device: torch.device, schedule_text: str, 
     With one rank it trains the whole model unpipelined on the schedule's
     batch (microbatches x microbatch size) in one piece: the reference.
     """
-    cfg.check()
     pipelined = loads(schedule_text)
+    cfg.check(pipelined.problem.stages)
     batch = pipelined.problem.microbatches * cfg.microbatch_size
     schedule = pipelined if world > 1 else None
     model, stages = build_model(cfg, pipelined.problem.stages if schedule is not None else 1, device)
@@ -200,7 +268,7 @@ class StepProgress:
 
 def run_training(schedule: Schedule, cfg: TrainConfig, ranks: int | None = None) -> dict[str, Any]:
     """Train on `schedule.problem.devices` local ranks (or 1: the unpipelined reference); return the report."""
-    cfg.check()
+    cfg.check(schedule.problem.stages)
     ranks = schedule.problem.devices if ranks is None else ranks
     if ranks not in (1, schedule.problem.devices):
         raise PipesynthError(
@@ -230,13 +298,14 @@ def _report(schedule: Schedule, cfg: TrainConfig, ranks: int, per_rank: list[dic
 
 
 def main() -> None:
-    """Under torchrun: `torchrun --nproc-per-node 4 -m pipesynth.runtime.train FILE --steps 20`."""
+    """Under torchrun: `torchrun --nproc-per-node 4 -m pipesynth.runtime.train FILE --steps 20` (a plan
+    file trains its model as `pipesynth train` does)."""
     import argparse
     import json
 
     import torch.distributed as dist
 
-    from pipesynth.formats.schedule_json import load
+    from pipesynth.formats.schedule_json import load_with_sections
     from pipesynth.runtime.launch import init_from_env
 
     parser = argparse.ArgumentParser(description="Train a tiny model with a schedule, one process per rank.")
@@ -245,16 +314,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, LOCAL_RANK's GPU)")
     parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--model", default="tiny-gpt", choices=MODELS)
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32, or autocast bf16/fp16")
+    parser.add_argument("--model", default=None, choices=MODELS, help="default: tiny-gpt; a plan's Llama for a plan")
+    parser.add_argument("--precision", default=None, choices=list(PRECISIONS), help="fp32, or autocast bf16/fp16")
+    parser.add_argument("--microbatch-size", type=int, default=None, help="default: 2, or the plan's")
     parser.add_argument("--runtime", default="pipesynth", choices=RUNTIMES, help="our executor or torch's runtime")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # an entry point: the progress lines
-    cfg = TrainConfig(
-        steps=args.steps,
-        seed=args.seed,
+    schedule, sections = load_with_sections(args.file)
+    cfg = train_config(
+        sections.get("plan"),
         model=args.model,
         precision=args.precision,
+        microbatch_size=args.microbatch_size,
+        steps=args.steps,
+        seed=args.seed,
         runtime=args.runtime,
         device=args.device,
         timeout=args.timeout,
@@ -262,7 +335,7 @@ def main() -> None:
     )
     rank, world, device = init_from_env(args.device, args.timeout)
     try:
-        report = train_rank(rank, world, device, dumps(load(args.file)), cfg)
+        report = train_rank(rank, world, device, dumps(schedule), cfg)
     finally:
         dist.destroy_process_group()
     print(json.dumps({k: v for k, v in report.items() if k != "step_seconds"}))

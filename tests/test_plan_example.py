@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipesynth.plan.costs import decoder_params
+from pipesynth.plan.costs import model_params
 from pipesynth.plan.job import read_hf_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "llama-3-8b-config.json"
@@ -10,5 +10,4 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "llama-3-8b-config.
 
 def test_llama_3_8b_example_has_eight_billion_parameters():
     model = read_hf_config(EXAMPLE)
-    total = model.layers * decoder_params(model)[1] + 2 * model.vocab * model.hidden + model.hidden
-    assert total == 8_030_261_248  # Llama-3-8B's published parameter count
+    assert model_params(model) == 8_030_261_248  # Llama-3-8B's published parameter count

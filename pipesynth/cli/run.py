@@ -12,9 +12,9 @@ from pipesynth.core.problem import PLACEMENTS, placement_for
 from pipesynth.core.units import format_bytes
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.files import check_writable, write_text_atomic
-from pipesynth.formats.schedule_json import load, save_problem
+from pipesynth.formats.schedule_json import load_with_sections, save_problem
 
-FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file.", show_default=False)
+FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file (a plan file too).", show_default=False)
 REPORT = typer.Option(None, help="Write per-step losses, per-rank times and memory here (JSON).")
 OUTPUT = typer.Option(..., "--output", "-o", help="Problem file to write (us, bytes).", show_default=False)
 
@@ -22,43 +22,58 @@ OUTPUT = typer.Option(..., "--output", "-o", help="Problem file to write (us, by
 @command()
 def train(
     file: Path = FILE,
-    model: str = typer.Option("tiny-gpt", help="Model to train: tiny-gpt, or tiny-llama (needs transformers)."),
-    precision: str = typer.Option("fp32", help="fp32, or bf16 / fp16 under torch.autocast (fp16 with a loss scaler)."),
+    model: str = typer.Option(
+        None, help="tiny-gpt, or tiny-llama (needs transformers). Default: tiny-gpt; for a plan, its Llama."
+    ),
+    precision: str = typer.Option(
+        None,
+        help="fp32, or bf16 / fp16 under torch.autocast (fp16 with a loss scaler). Default: fp32 (GPUs: a plan's).",
+    ),
     runtime: str = typer.Option("pipesynth", help="pipesynth (our executor) or torch (torch's CSV runtime)."),
     steps: int = typer.Option(20, min=1, help="Training steps."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the model weights and the data."),
     ranks: int = typer.Option(None, help="Ranks to start: the schedule's devices (default), or 1 for the reference."),
-    microbatch_size: int = typer.Option(2, min=1, help="Sequences per microbatch."),
+    microbatch_size: int = typer.Option(None, min=1, help="Sequences per microbatch. Default: 2, or the plan's."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
     device: str = typer.Option("cpu", help="cpu (gloo) or cuda (NCCL, one GPU per rank)."),
     timeout: float = typer.Option(60.0, help="Seconds any rank may wait on a peer before all ranks stop."),
     report: Path = REPORT,
 ) -> None:
-    """Train the tiny GPT with a schedule on local ranks.
+    """Train the tiny GPT or a plan's Llama on local ranks.
 
-    Prints the losses and each rank's peak activation memory.
+    Prints the losses and each rank's peak activation memory. A plan file
+    (pipesynth plan) trains its model split by its layers per stage.
 
     Example: pipesynth train schedules/1f1b-d4-m8.json --steps 20 --report run.json
     (--model tiny-llama --precision bf16 --runtime torch: a Hugging Face Llama, autocast, torch's runtime)
     """
     check_writable(report)
-    schedule = load(file)
+    schedule, sections = load_with_sections(file)
+    plan = sections.get("plan")
     from pipesynth.runtime.launch import LaunchInterrupted
-    from pipesynth.runtime.train import TrainConfig, run_training  # torch only when training
+    from pipesynth.runtime.train import run_training, train_config  # torch only when training
 
-    cfg = TrainConfig(
-        steps=steps,
-        seed=seed,
-        microbatch_size=microbatch_size,
-        lr=lr,
+    cfg = train_config(
+        plan,
         model=model,
         precision=precision,
+        microbatch_size=microbatch_size,
+        steps=steps,
+        seed=seed,
+        lr=lr,
         runtime=runtime,
         device=device,
         timeout=timeout,
         progress=True,
     )
-    cfg.check()
+    cfg.check(schedule.problem.stages)
+    if plan is not None:
+        split = ",".join(map(str, plan.partition.layers))
+        typer.echo(
+            f"plan: {cfg.model} with {cfg.decoder_layers} decoder layers split {split} ({plan.placement}), "
+            f"{cfg.microbatch_size} x {cfg.seq_len} tokens per microbatch, {cfg.precision} "
+            f"(planned {plan.training.precision})"
+        )
     try:
         result = run_training(schedule, cfg, ranks)
     except LaunchInterrupted as stop:  # every rank stopped: one line, and the report so far

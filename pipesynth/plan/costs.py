@@ -104,6 +104,12 @@ def decoder_params(m: ModelShape) -> tuple[int, int]:
     return weights, weights + biases + 2 * m.hidden
 
 
+def model_params(m: ModelShape) -> int:
+    """Parameters of the whole model: the decoder layers, the embedding and the head (one table when tied),
+    the final norm."""
+    return m.layers * decoder_params(m)[1] + m.vocab * m.hidden * (1 if m.tied_embeddings else 2) + m.hidden
+
+
 def _dtypes(training: Training) -> tuple[int, int]:
     """Bytes of (the residual stream and norms, the matmul inputs and outputs)."""
     if training.precision == "bf16-autocast":
