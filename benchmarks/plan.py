@@ -3,10 +3,11 @@
 Everything here is PREDICTED by the analytic cost model (no GPU on this
 machine): step times from FLOPs at the stated peak x MFU, bytes from the
 memory model that tests/test_plan_costs.py checks against a real tiny Llama.
-The first table is that check's figures (measured on this CPU); the second
-the planning benchmark. Writes benchmarks/results/plan.md.
+That check's figures (measured on this CPU, with the levels after F and
+after the executor's split B) go to benchmarks/results/plan_memory.md, the
+planning benchmark to benchmarks/results/plan.md.
 
-    python benchmarks/plan.py [--time-limit 15] [--only 8B] [--results FILE]
+    python benchmarks/plan.py [--time-limit 15] [--only 8B] [--memory-only] [--results FILE] [--memory-results FILE]
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def accuracy_table() -> list[str]:
         import torch
         import transformers
 
-        from pipesynth.runtime.layer_memory import layer_kind_bytes, split_backward_bytes
+        from pipesynth.runtime.layer_memory import layer_kind_bytes
     except ImportError as err:
         return [f"(skipped: {err}; pip install -e '.[runtime,dev]')"]
     from pipesynth.plan.job import model_from_hf_config
@@ -100,24 +101,48 @@ def accuracy_table() -> list[str]:
                             )
     lines.append("")
     lines.append(f"Largest error: {100 * worst:.2f}% (target: within 10%).")
-    lines += [
+    return lines + ["", *kept_for_w_table(fields, shape)]
+
+
+def kept_for_w_table(fields: dict, shape) -> list[str]:
+    """The levels after F and after the executor's split B on decoder layer 0 against the model's figures."""
+    import torch
+    import transformers
+
+    from pipesynth.plan.costs import decoder_params
+    from pipesynth.runtime.layer_memory import split_backward_bytes
+
+    lines = [
+        "Split backward: the levels decoder layer 0 holds after F and after the executor's B "
+        "(`runtime/layer_memory.split_backward_bytes`: split Linears deferring their weight-gradient products, "
+        "RMSNorm weight gradients computed in B, as a pipeline stage runs them) against the model's activation "
+        "and kept-for-W bytes. Under autocast a split Linear saves its input only, not autocast's bf16 copy of its "
+        "weight, which the model counts per microbatch: the after-F row gives that copy "
+        f"({2 * decoder_params(shape)[0]} bytes) apart.",
         "",
-        "Kept for W (fp32, flash): the model's bytes against what the executor's split B (runtime/split.py, "
-        "graph_split.py) leaves for W on decoder layer 0; the model counts each projection's input and output "
-        "gradient only (Zero Bubble's M_W), the executor also graph-splits the RMSNorm weights.",
-        "",
-        "| seq | mbs | after F, measured | after B, measured | kept for W, predicted | error |",
-        "|---|---|---|---|---|---|",
+        "| precision | attention | seq | mbs | after F, measured | after F, predicted | of which weight copies "
+        "| after B, measured | kept for W, predicted | error after B |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for seq, mbs in ((32, 1), (64, 2)):
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields, attn_implementation="sdpa"))
-        after_f, after_b = split_backward_bytes(model, mbs, seq)
-        t = Training(seq, mbs, 1, precision="fp32")
-        kept = model_costs(Job(shape, t, Device(1, 1, GIB), 1)).decoder.kept_for_w
-        lines.append(
-            f"| {seq} | {mbs} | {after_f} | {after_b} | {kept:.0f} | {100 * (kept - after_b) / after_b:+.1f}% |"
-        )
+    worst = 0.0
+    for precision in ("bf16-autocast", "bf16", "fp32"):
+        for attention, impl in (("flash", "sdpa"), ("eager", "eager")):
+            for seq, mbs in ((32, 1), (64, 2)):
+                torch.manual_seed(0)
+                model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields, attn_implementation=impl))
+                model = model.to(torch.bfloat16) if precision == "bf16" else model
+                autocast = precision == "bf16-autocast"
+                after_f, after_b = split_backward_bytes(model, mbs, seq, autocast=autocast)
+                t = Training(seq, mbs, 1, precision=precision, attention=attention)
+                costs = model_costs(Job(shape, t, Device(1, 1, GIB), 1)).decoder
+                copies = 2 * decoder_params(shape)[0] if autocast else 0
+                error = (costs.kept_for_w - after_b) / after_b
+                worst = max(worst, abs(error))
+                lines.append(
+                    f"| {precision} | {attention} | {seq} | {mbs} | {after_f} | {costs.activation:.0f} | {copies} "
+                    f"| {after_b} | {costs.kept_for_w:.0f} | {100 * error:+.2f}% |"
+                )
+    lines += ["", f"Largest error after B: {100 * worst:.2f}% (target: within 10%)."]
     return lines
 
 
@@ -194,32 +219,59 @@ def plan_rows(time_limit: float, only: str | None) -> tuple[list[str], list[str]
     return header + rows, lines
 
 
+def header(title: str, load_start: tuple[float, ...], started: float) -> list[str]:
+    """A results file's title and the line saying which command made it, where, under what load."""
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/plan.py", *sys.argv[1:]])
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}` on {platform.node()} ({os.cpu_count()} cores, shared with other jobs); load average "
+        f"{load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; {time.monotonic() - started:.0f} s "
+        "in all.",
+        "",
+    ]
+
+
+def write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print(f"written to {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-limit", type=float, default=15.0, help="plan_job's search time after the baselines.")
     parser.add_argument("--only", default=None, help="Only models whose name contains this.")
+    parser.add_argument("--memory-only", action="store_true", help="Only the measured memory tables (seconds).")
     parser.add_argument("--results", type=Path, default=RESULTS / "plan.md")
+    parser.add_argument("--memory-results", type=Path, default=RESULTS / "plan_memory.md")
     args = parser.parse_args()
     load_start = os.getloadavg()
     started = time.monotonic()
-    accuracy = accuracy_table()
+    tables = accuracy_table()
+    write(
+        args.memory_results,
+        [
+            *header(
+                "Activation memory of the plan's model: predicted vs measured (tiny Llama, CPU)", load_start, started
+            ),
+            "A random-weight `LlamaForCausalLM` (hidden 64, MLP 176, 4 heads, 2 KV heads, vocabulary 128); measured:",
+            "saved-tensor bytes under the executor's ActivationMeter (`runtime/layer_memory.py`) for the embedding,",
+            "decoder layer 0 (full recompute: under torch.utils.checkpoint) and the head with its cross-entropy loss.",
+            "",
+            *tables,
+            "",
+        ],
+    )
+    if args.memory_only:
+        return
+    load_start = os.getloadavg()
+    started = time.monotonic()
     table, summary = plan_rows(args.time_limit, args.only)
-    load_end = os.getloadavg()
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/plan.py", *sys.argv[1:]])
     t = TRAINING
     text = [
-        "# Planning benchmark (PREDICTED: analytic cost model, no GPU)",
-        "",
-        f"Command: `{command}` on {platform.node()} ({os.cpu_count()} cores, shared with other jobs); load average "
-        f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; {time.monotonic() - started:.0f} s in all.",
-        "",
-        "## Activation memory: predicted vs measured (tiny Llama, CPU)",
-        "",
-        "A random-weight `LlamaForCausalLM` (hidden 64, MLP 176, 4 heads, 2 KV heads, vocabulary 128); measured:",
-        "saved-tensor bytes under the executor's ActivationMeter (`runtime/layer_memory.py`) for the embedding,",
-        "decoder layer 0 (full recompute: under torch.utils.checkpoint) and the head with its cross-entropy loss.",
-        "",
-        *accuracy,
+        *header("Planning benchmark (PREDICTED: analytic cost model, no GPU)", load_start, started),
+        "The memory model's check against a real tiny Llama on CPU: `plan_memory.md` (`--memory-only`).",
         "",
         "## Plan vs the best evenly split handcrafted schedule",
         "",
@@ -239,10 +291,8 @@ def main() -> None:
         *summary,
         "",
     ]
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text("\n".join(text))
+    write(args.results, text)
     print("\n".join(summary))
-    print(f"written to {args.results}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.autograd.graph import get_gradient_edge
 from torch.utils.checkpoint import checkpoint
 
+from pipesynth.runtime.llama import norm_grads_in_b
 from pipesynth.runtime.memory import ActivationMeter
 from pipesynth.runtime.passes import graph_split_params, input_backward, weight_backward
 from pipesynth.runtime.split import make_splittable
@@ -75,21 +77,29 @@ class _RotaryLayer(torch.nn.Module):
         return self.layer(hidden, position_embeddings=self.rotary(hidden, positions))
 
 
-def split_backward_bytes(model: torch.nn.Module, microbatch_size: int, seq_len: int) -> tuple[int, int]:
-    """Bytes decoder layer 0 holds after F and after the executor's split B (what W still needs).
+def split_backward_bytes(
+    model: torch.nn.Module, microbatch_size: int, seq_len: int, *, autocast: bool = False
+) -> tuple[int, int]:
+    """Bytes decoder layer 0 holds after F and after the executor's split B (what W still needs), on CPU.
 
-    Switches the layer's Linear modules to their split twins in place (make_splittable).
+    The layer runs as a pipeline stage does (llama.LlamaStage): its Linear modules switched to their
+    split twins in place (make_splittable), its RMSNorm weight gradients computed in B, and B is the
+    executor's own `input_backward` on the output's gradient edge; F and B under bf16 autocast when
+    `autocast`, as `pipesynth train --precision bf16` runs them.
     """
     inner = model.model
-    stage = make_splittable(_RotaryLayer(inner.layers[0], inner.rotary_emb))
+    stage = norm_grads_in_b(make_splittable(_RotaryLayer(inner.layers[0], inner.rotary_emb)))
     meter = ActivationMeter()
     meter.exclude([*stage.parameters(), *stage.buffers()])
-    x = torch.randn(microbatch_size, seq_len, inner.config.hidden_size, requires_grad=True)
-    with meter.saving():
-        out = stage(x)
-    after_f = meter.level
-    deferred = input_backward(out, [torch.ones_like(out)], x, graph_split_params(stage), meter.hold)
-    del out
-    after_b = meter.level
-    weight_backward(*deferred)
+    dtype = inner.embed_tokens.weight.dtype
+    x = torch.randn(microbatch_size, seq_len, inner.config.hidden_size, dtype=dtype, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with meter.saving():
+            out = stage(x)
+        after_f = meter.level
+        grad = torch.ones_like(out)
+        deferred = input_backward([get_gradient_edge(out)], [grad], [x], graph_split_params(stage), meter.hold)
+        del out, grad
+        after_b = meter.level
+        weight_backward(*deferred)
     return after_f, after_b

@@ -1,5 +1,6 @@
 """The analytic model against a real tiny Llama (transformers, random weights, CPU): parameter counts
-exact, activation bytes within 10% of what the executor's activation meter measures."""
+exact, activation bytes within 10% of what the executor's activation meter measures, after F and, with
+the executor's split backward, after B (what W still needs)."""
 
 import pytest
 
@@ -7,11 +8,17 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-from pipesynth.plan.costs import bytes_per_param, decoder_activation, head_activation, model_costs  # noqa: E402
+from pipesynth.plan.costs import (  # noqa: E402
+    bytes_per_param,
+    decoder_activation,
+    decoder_params,
+    head_activation,
+    model_costs,
+)
 from pipesynth.plan.job import Device, Job, Training, model_from_hf_config  # noqa: E402
 from pipesynth.plan.partition import Partition, device_static, stage_figures  # noqa: E402
 from pipesynth.plan.plan_file import split_by_partition  # noqa: E402
-from pipesynth.runtime.layer_memory import layer_kind_bytes  # noqa: E402
+from pipesynth.runtime.layer_memory import layer_kind_bytes, split_backward_bytes  # noqa: E402
 
 TINY = {
     "model_type": "llama",
@@ -102,3 +109,23 @@ def test_activation_bytes_are_within_ten_percent_of_the_meter(precision, attenti
                 assert abs(predicted[kind] - measured[kind]) <= 0.1 * measured[kind], (kind, seq_len, microbatch_size)
             assert predicted["decoder"] == decoder_activation(model, training)
             assert predicted["head"] == head_activation(model, training)
+
+
+@pytest.mark.parametrize("precision", ["bf16-autocast", "bf16", "fp32"])
+@pytest.mark.parametrize("attention", ["flash", "eager"])
+def test_kept_for_w_is_what_the_executors_split_b_leaves_for_w(precision, attention):
+    """The level after the executor's B (split Linears deferring their products, RMSNorm weight gradients in
+    B) is the model's kept-for-W bytes; the level after F is the model's too, except under autocast, where
+    a split Linear saves only its input and not autocast's bf16 copy of its weight, which the model counts
+    per microbatch (an upper bound by exactly those bytes)."""
+    model = model_from_hf_config(TINY)
+    for seq_len, microbatch_size in ((32, 1), (64, 2)):
+        training = Training(seq_len, microbatch_size, 1, precision=precision, attention=attention)
+        costs = model_costs(Job(model, training, DEVICE, 1)).decoder
+        llama = build(TINY, "sdpa" if attention == "flash" else "eager")
+        if precision == "bf16":
+            llama = llama.to(torch.bfloat16)
+        after_f, after_b = split_backward_bytes(llama, microbatch_size, seq_len, autocast=precision == "bf16-autocast")
+        assert abs(costs.kept_for_w - after_b) <= 0.1 * after_b, (seq_len, microbatch_size, after_b)
+        weight_copies = 2 * decoder_params(model)[0] if precision == "bf16-autocast" else 0
+        assert abs(costs.activation - weight_copies - after_f) <= 0.1 * after_f, (seq_len, microbatch_size, after_f)
