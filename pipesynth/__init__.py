@@ -15,8 +15,7 @@ from pipesynth.core.validate import find_violations, validate
 from pipesynth.errors import InfeasibleError, InvalidScheduleError, PipesynthError, ScheduleFormatError
 from pipesynth.formats.schedule_json import load, load_problem, save
 from pipesynth.plan import plan_file  # noqa: F401  (registers the `plan` section's reader: every load checks it)
-
-__version__ = "0.1.0"
+from pipesynth.version import __version__
 
 # The library logs to `pipesynth.*` loggers and configures none: an application (our CLI) does.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -30,6 +29,7 @@ __all__ = [
     "Problem",
     "Schedule",
     "ScheduleFormatError",
+    "__version__",
     "Simulation",
     "find_violations",
     "load",

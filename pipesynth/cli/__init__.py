@@ -25,10 +25,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from pipesynth import __version__
 from pipesynth.errors import PipesynthError, WriteError
 from pipesynth.formats.files import keep_elsewhere, reason
 from pipesynth.interrupts import exit_code_of, interruptible, signal_name
+from pipesynth.version import __version__
 
 #: What the command line itself handles: exits, usage errors, aborts.
 PASS_THROUGH = (typer.Exit, typer.Abort, typer.TyperException, click.exceptions.Exit, click.ClickException, SystemExit)

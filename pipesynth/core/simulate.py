@@ -18,6 +18,7 @@ from pipesynth.core.problem import Op, Problem
 from pipesynth.core.rules import PassKey, comm_delay, dependencies, memory_delta
 from pipesynth.core.schedule import Action, Metrics, Schedule
 from pipesynth.errors import InvalidScheduleError
+from pipesynth.version import __version__
 
 
 def memory_levels(problem: Problem, device_actions: list[Action]) -> list[float]:
@@ -70,8 +71,6 @@ class Simulation:
 
     def timed_schedule(self, provenance: dict[str, Any] | None = None) -> Schedule:
         """The schedule with planned times and metrics filled in."""
-        from pipesynth import __version__
-
         actions = [
             [replace(a, start=s, end=e) for a, s, e in zip(dev, ss, es)]
             for dev, ss, es in zip(self.schedule.actions, self.start, self.end)
