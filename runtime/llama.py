@@ -28,6 +28,7 @@ from torch import nn
 
 from pipesynth.errors import PipesynthError
 from pipesynth.plan.costs import model_params
+from pipesynth.plan.partition import Partition, check_partition
 from pipesynth.plan.plan_file import PlanSection, layers_per_stage
 
 #: The most parameters `llama_size` builds from a plan: every rank builds the whole model on this machine.
@@ -171,11 +172,7 @@ def llama_stages(model, split: Sequence[int] | PlanSection) -> list[LlamaStage]:
     """
     layers = list(model.model.layers)
     counts = list(layers_per_stage(split, len(layers)) if isinstance(split, PlanSection) else split)
-    if not counts or sum(counts) != len(layers) or any(c < 0 for c in counts):
-        raise PipesynthError(f"layers per stage {counts} do not add up to the model's {len(layers)} decoder layers")
-    empty = [s for s, c in enumerate(counts) if c == 0 and 0 < s < len(counts) - 1]
-    if empty:
-        raise PipesynthError(f"layers per stage: stage {empty[0]} has no decoder layer (only the first and last may)")
+    check_partition(Partition(tuple(counts)), len(layers))
     stages, start = [], 0
     for s, c in enumerate(counts):
         stages.append(LlamaStage(model, layers[start : start + c], first=s == 0, last=s == len(counts) - 1))

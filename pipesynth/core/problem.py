@@ -303,20 +303,20 @@ def check_problem(problem: Problem) -> None:
         if len(values) != p.stages:
             raise PipesynthError(f"{name}: expected {p.stages} values (one per stage), got {len(values)}")
         for s, v in enumerate(values):
-            _check_value(v, f"{name}[{s}]")
+            check_value(v, f"{name}[{s}]")
     for s, (act, kept) in enumerate(zip(p.activation, p.kept_for_w)):
         if kept > act:
             raise PipesynthError(f"memory.kept_for_w[{s}]: {kept:g} exceeds the activation {act:g}")
-    _check_value(p.comm, "comm")
+    check_value(p.comm, "comm")
     if p.cap is not None:
         if len(p.cap) != p.devices:
             raise PipesynthError(f"memory.cap: expected {p.devices} values (one per device), got {len(p.cap)}")
         for d, c in enumerate(p.cap):
-            _check_value(c, f"memory.cap[{d}]")
+            check_value(c, f"memory.cap[{d}]")
 
 
-def _check_value(value: float, field: str) -> None:
-    """A cost, comm, activation or cap: a finite number from 0 to MAX_VALUE."""
+def check_value(value: float, field: str) -> None:
+    """A cost, comm, activation or cap (or a plan's bytes and times): a finite number from 0 to MAX_VALUE."""
     if not math.isfinite(value):
         raise PipesynthError(f"{field}: expected a finite number, got {value!r}")
     if value < 0:

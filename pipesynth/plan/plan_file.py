@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, TypeVar
 
-from pipesynth.core.problem import MAX_VALUE, Problem, placement_for
+from pipesynth.core.problem import Problem, check_value, placement_for
 from pipesynth.core.schedule import Schedule
 from pipesynth.errors import PipesynthError, ScheduleFormatError
 from pipesynth.formats.files import write_text_atomic
@@ -275,10 +275,12 @@ def _training(raw: dict[str, Any], path: str) -> Training:
 
 
 def _bytes(obj: dict[str, Any], key: str, path: str) -> float:
-    """A byte count or a time: a number from 0 to MAX_VALUE."""
+    """A byte count or a time: a number from 0 to MAX_VALUE, as the problem's values."""
     value = float(get_field(obj, key, path, NUMBER))
-    if not 0 <= value <= MAX_VALUE:
-        raise ScheduleFormatError(f"{join(path, key)}: expected a number from 0 to {MAX_VALUE:g}, got {value:g}")
+    try:
+        check_value(value, join(path, key))
+    except PipesynthError as err:
+        raise ScheduleFormatError(str(err)) from None
     return value
 
 
