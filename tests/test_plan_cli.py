@@ -81,6 +81,7 @@ def test_a_budget_nothing_fits_is_one_line_with_what_would_fit(tmp_path):
         (lambda c: c.update(num_local_experts=8), "num_local_experts=8 marks a mixture-of-experts model"),
         (lambda c: c.update(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
         (lambda c: c.update(num_key_value_heads=3), "model.kv_heads: 3 does not divide the 4 attention heads"),
+        (lambda c: c.update(num_hidden_layers=10**9), "model.layers: 1000000000 decoder layers; pipesynth plans at"),
     ],
 )
 def test_a_bad_config_is_refused_naming_the_field(tmp_path, edit, fragment):

@@ -25,6 +25,9 @@ PRECISIONS = ("bf16-autocast", "bf16", "fp32")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 RECOMPUTE = ("none", "full")
 ATTENTION = ("flash", "eager")
+#: Most decoder layers a plan may have (the largest public models have under 200): the search, the split
+#: and the plan object's per-layer names grow with the count, so a hostile config is refused at once.
+MAX_DECODER_LAYERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class ModelShape:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PipesynthError(f"model.{field}: expected a positive integer, got {value!r}")
+        if self.layers > MAX_DECODER_LAYERS:
+            raise PipesynthError(
+                f"model.layers: {self.layers} decoder layers; pipesynth plans at most {MAX_DECODER_LAYERS}"
+            )
         if self.heads % self.kv_heads:
             raise PipesynthError(
                 f"model.kv_heads: {self.kv_heads} does not divide the {self.heads} attention heads "
