@@ -38,6 +38,9 @@ from pipesynth.runtime.models import GPTConfig, MarkovText, even_counts, gpt_sta
 MODELS = ("tiny-gpt", "tiny-llama")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast dtype
 RUNTIMES = ("pipesynth", "torch")
+#: Most tokens per microbatch a plan file may ask `train` for (plans for real GPUs are trained with their
+#: own launcher; here every rank builds the model and the whole batch on a CPU).
+MAX_PLAN_TOKENS = 65_536
 log = logging.getLogger(__name__)
 
 
@@ -114,6 +117,12 @@ def train_config(
     if plan is None:
         return TrainConfig(
             model=model or "tiny-gpt", precision=precision or "fp32", microbatch_size=microbatch_size or 2, **settings
+        )
+    t = plan.training
+    if t.microbatch_size * t.seq_len > MAX_PLAN_TOKENS:
+        raise PipesynthError(
+            f"plan.training: {t.microbatch_size} x {t.seq_len} tokens per microbatch; train runs at most "
+            f"{MAX_PLAN_TOKENS:,} on local ranks"
         )
     model = model or "tiny-llama"
     if model == "tiny-llama":
