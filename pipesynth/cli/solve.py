@@ -149,9 +149,10 @@ def solve(
     else:
         save(result.schedule, output)
     where = "" if output is None else f" -> {output}"
+    cp_sat = "-" if result.cp_sat_bound is None else f"{result.cp_sat_bound:g}"
     typer.echo(
-        f"{summary(result.schedule)}{where}\n{result.status}: lower bound {result.lower_bound:g},"
-        f" gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
+        f"{summary(result.schedule)}{where}\n{result.status}: lower bound {result.lower_bound:g}"
+        f" ({result.bound_argument}), CP-SAT bound {cp_sat}, gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
         err=True,
     )
     if interrupted:
