@@ -9,6 +9,7 @@ cap) with their status and seconds.
 
     python benchmarks/bounds.py                 # 30/60/120 s for D = 4/8/16, 2 workers
     python benchmarks/bounds.py --scale 0.5     # half the time limits
+    python benchmarks/bounds.py --render        # rewrite bounds.md from bounds.json
 
 Writes benchmarks/results/bounds.md and bounds.json.
 """
@@ -101,12 +102,32 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every time limit")
     parser.add_argument("--max-devices", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--render", action="store_true", help="rewrite bounds.md from bounds.json, solving nothing")
     args = parser.parse_args()
-    started, load_before = time.monotonic(), load()
-    anchors = anchor_rows(args.max_devices, args.scale)
-    small = small_rows(args.scale)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bounds.json").write_text(json.dumps({"anchors": anchors, "small": small}, indent=1))
+    if args.render:
+        run = json.loads((args.out / "bounds.json").read_text())
+    else:
+        started, load_before = time.monotonic(), load()
+        anchors = anchor_rows(args.max_devices, args.scale)
+        small = small_rows(args.scale)
+        run = {
+            "command": f"python benchmarks/bounds.py{'' if args.scale == 1 else f' --scale {args.scale:g}'}",
+            "machine": f"{platform.node() or 'host'}, {os.cpu_count()} cores shared with other jobs; "
+            f"{load_before} at the start, {load()} at the end; total {time.monotonic() - started:.0f} s",
+            "limits": ", ".join(f"D={d}: {t * args.scale:g} s" for d, t in TIME_LIMIT.items()),
+            "small_limit": SMALL_LIMIT * args.scale,
+            "anchors": anchors,
+            "small": small,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bounds.json").write_text(json.dumps(run, indent=1))
+    text = render(run)
+    (args.out / "bounds.md").write_text(text)
+    print(text)
+
+
+def render(run: dict) -> str:
+    anchors, small = run["anchors"], run["small"]
     short = {
         "critical path": "cp",
         "work": "work",
@@ -114,21 +135,19 @@ def main() -> None:
         "memory ramp": "ramp",
         "memory area": "area",
     }
-    limits = ", ".join(f"D={d}: {t * args.scale:g} s" for d, t in TIME_LIMIT.items())
     lines = [
         "# Lower bounds and proven gaps",
         "",
-        f"Command: `python benchmarks/bounds.py{'' if args.scale == 1 else f' --scale {args.scale:g}'}` "
-        f"({platform.node() or 'host'}, {os.cpu_count()} cores shared with other jobs; {load_before} at the start, "
-        f"{load()} at the end; total {time.monotonic() - started:.0f} s). Each solve: workers=2, time limit {limits};"
-        f" small problems {SMALL_LIMIT * args.scale:g} s.",
+        f"Command: `{run['command']}` ({run['machine']}). Each solve: workers=2, time limit {run['limits']};"
+        f" small problems {run['small_limit']:g} s.",
         "",
         "Arguments (docs/design.md section 4, Lower bounds), each valid for every schedule of the problem:",
         "`cp` critical path, `work` Jackson's bound per device, `in-flight` the same with the cap's rules,",
         "`ramp` memory ramp (warm-up and cool-down), `area` memory area (Little's law).",
         "`best` is the best of them (and which), `CP-SAT` the full model's own bound (`-`: not run, e.g. the start",
-        "already met the bound), `proof` what the final lower bound came from. `published`: the best official",
-        "schedule at the same or lower peak. Caps in chunk units; F,B,W and comm in time units.",
+        "already met the bound); the model has `best` as a constraint, so its bound starts there and only a",
+        "larger value is CP-SAT's own progress. `proof` what the final lower bound came from. `published`: the",
+        "best official schedule at the same or lower peak. Caps in chunk units; F,B,W and comm in time units.",
         "",
         "| D | m | F,B,W | comm | cap | " + " | ".join(short[a] for a in ARGUMENTS) + " | best | CP-SAT | solve "
         "| status | lower bound | proof | gap | published | seconds |",
@@ -143,12 +162,12 @@ def main() -> None:
             f"| {r['published']:g} | {r['seconds']:.0f} |"
         )
     unequal = [r for r in anchors if r["cost"] != [1, 1, 1]]
+    devices = sorted({r["D"] for r in anchors})
     lines += ["", "Largest proven gap with unequal costs, per D and cap level:", ""]
-    lines += ["| cap level | " + " | ".join(f"D={d}" for d in sorted({r["D"] for r in anchors})) + " |"]
-    lines += ["|---|" + "---|" * len({r["D"] for r in anchors})]
+    lines += ["| cap level | " + " | ".join(f"D={d}" for d in devices) + " |", "|---|" + "---|" * len(devices)]
     for level in LEVELS:
         cells = []
-        for d in sorted({r["D"] for r in anchors}):
+        for d in devices:
             gaps = [r["gap"] for r in unequal if r["D"] == d and r["level"] == level]
             cells.append(f"{100 * max(gaps):.1f}%" if gaps else "-")
         lines.append(f"| {level} | " + " | ".join(cells) + " |")
@@ -167,8 +186,7 @@ def main() -> None:
         )
     optimal = sum(r["status"] == "optimal" for r in small)
     lines += ["", f"{optimal} of {len(small)} small problems end proven optimal.", ""]
-    (args.out / "bounds.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

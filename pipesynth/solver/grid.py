@@ -129,7 +129,7 @@ def inflight_edges(problem: Problem) -> list[InflightEdge]:
                 for op, amount in amounts:
                     if amount > 0:
                         lag = n1 + math.floor((cap - held[s2]) / amount + EPS)
-                        if lag < m:
+                        if 1 <= lag < m:  # lag < 1 only when the cap is infeasible
                             edges.append(InflightEdge((op, s), s2, lag))
     return edges
 

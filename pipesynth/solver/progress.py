@@ -76,7 +76,8 @@ class SolverParams:
         """A CP-SAT solver with these settings, stoppable by `request_stop`."""
         solver = cp_model.CpSolver()
         self._running[:] = [solver]
-        self._made.append(solver)
+        if self.deterministic:
+            self._made.append(solver)  # its deterministic time is this search's clock
         prm = solver.parameters
         prm.random_seed = self.seed
         prm.catch_sigint_signal = False
