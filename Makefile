@@ -25,5 +25,6 @@ schedules:
 		$(PYTHON) -m pipesynth schedule $$name -d 4 -m 8 -o schedules/$$name-d4-m8.json || exit 1; \
 	done
 	$(PYTHON) -m pipesynth schedule interleaved-1f1b -d 4 -m 8 -v 2 -o schedules/interleaved-1f1b-d4-m8.json
-	# Solved V-shape files and their index schedules/README.md (pipesynth solve, deterministic; a few minutes).
+	# Solved V-shape files and their index schedules/README.md (pipesynth solve, deterministic, byte-identical
+	# on a rerun; about 2.5 minutes on 2 cores; seconds per file in schedules/solved.log).
 	PYTHONPATH=. $(PYTHON) schedules/solved.py

@@ -26,8 +26,9 @@ def test_solve_writes_a_valid_schedule_with_provenance_and_progress(tmp_path):
     prov = schedule.provenance
     assert prov["status"] in ("optimal", "feasible")
     assert prov["lower_bound"] <= schedule.metrics.makespan
-    assert {"method", "gap", "seconds"} <= set(prov)
+    assert {"method", "gap", "seconds", "bound_argument", "cp_sat_bound"} <= set(prov)
     assert "block:" in result.stderr and "gap" in result.stderr
+    assert f"lower bound {prov['lower_bound']:g} ({prov['bound_argument']})" in result.stderr
 
 
 def test_quiet_prints_no_progress(tmp_path):

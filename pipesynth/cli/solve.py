@@ -165,9 +165,10 @@ def solve(
             save(result.schedule, output, rescue=True)
     where = "" if output is None else f" -> {output}"
     bound = format_time(result.lower_bound, problem.units)
+    cp_sat = "-" if result.cp_sat_bound is None else format_time(result.cp_sat_bound, problem.units)
     typer.echo(
-        f"{summary(result.schedule)}{where}\n{result.status}: lower bound {bound},"
-        f" gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
+        f"{summary(result.schedule)}{where}\n{result.status}: lower bound {bound}"
+        f" ({result.bound_argument}), CP-SAT bound {cp_sat}, gap {100 * result.gap:.2f}%, {result.seconds:.1f} s",
         err=True,
     )
     if stop is not None:

@@ -18,7 +18,7 @@ from pipesynth.core.problem import Problem
 from pipesynth.core.schedule import Schedule
 from pipesynth.solver.background import Background
 from pipesynth.solver.block import search_block
-from pipesynth.solver.bounds import check_cap, makespan_lower_bound, smallest_feasible_cap
+from pipesynth.solver.bounds import check_cap, lower_bound, makespan_lower_bound, smallest_feasible_cap
 from pipesynth.solver.full import polish
 from pipesynth.solver.hints import generator_jobs, reordered, repeated, sequential
 from pipesynth.solver.progress import Progress, ProgressEvent, SolverParams, report
@@ -42,6 +42,8 @@ class SolveResult:
     lower_bound: float
     gap: float
     seconds: float
+    bound_argument: str = ""  # which argument gave lower_bound (bounds.ARGUMENTS or "cp-sat")
+    cp_sat_bound: float | None = None  # CP-SAT's own bound, when the full model ran
 
     @property
     def makespan(self) -> float:
@@ -76,6 +78,7 @@ def solve(
     """
     started = time.monotonic()
     params = params or SolverParams(workers=workers, seed=seed, deterministic=deterministic)
+    mark = params.now()
 
     def elapsed() -> float:
         return time.monotonic() - started
@@ -88,7 +91,8 @@ def solve(
             outer(replace(event, elapsed=elapsed()))
 
     check_cap(problem)
-    bound = makespan_lower_bound(problem)
+    proven = lower_bound(problem)
+    bound, argument = proven.value, proven.argument
     will_polish = problem.microbatches * problem.stages * len(problem.ops) <= polish_passes
     # Slow builders run in a child while the block search runs here; they get
     # until `deadline`, the polish (if the model is small enough) the rest.
@@ -121,16 +125,17 @@ def solve(
     best = candidates[base]
     block_record = best.provenance.get("block")
     report(progress, "hints", f"best start: {base}", elapsed(), makespan=best.metrics.makespan, bound=bound)
-    cp_status = None
-    left = time_limit - elapsed()
+    cp_bound = None
+    left = time_limit - (params.now() - mark)
     if not params.stopped and left > 0.5 and best.num_actions <= polish_passes and best.metrics.makespan > bound + 1e-9:
         polished = polish(best, params, left, bound, progress)
-        cp_status = polished.status
-        bound = max(bound, polished.bound)
+        cp_bound = polished.bound
+        if cp_bound is not None and cp_bound > bound + 1e-9:
+            bound, argument = cp_bound, "cp-sat"
         best = polished.schedule
         base = f"{base}+polish" if polished.improved else base
     makespan = best.metrics.makespan
-    if makespan <= bound + 1e-9 or cp_status == "optimal":
+    if makespan <= bound + 1e-9:
         status, bound = "optimal", makespan
     else:
         status = "interrupted" if params.stopped else "feasible"
@@ -140,6 +145,8 @@ def solve(
         "method": f"cp-sat ({base})",
         "status": status,
         "lower_bound": _clean(bound),
+        "bound_argument": argument,
+        "cp_sat_bound": None if cp_bound is None else _clean(cp_bound),
         "gap": round(gap, 6),
         "seconds": seconds,
     }
@@ -148,7 +155,7 @@ def solve(
         provenance["block"] = block_record
     schedule = replace(best, name="solved", provenance={"generator": best.provenance.get("generator"), **provenance})
     report(progress, "done", status, elapsed(), makespan=makespan, bound=bound)
-    return SolveResult(schedule, status, bound, gap, seconds)
+    return SolveResult(schedule, status, bound, gap, seconds, argument, cp_bound)
 
 
 def _clean(x: float) -> float:

@@ -246,8 +246,10 @@ def search_block(
     chain = max(heads[k] + scaled.c(*k) + tails[k] for k in heads)
     horizon = hi + chain
 
+    mark = params.now()
+
     def left() -> float:
-        return max(0.05, time_limit - (time.monotonic() - start))
+        return max(0.05, time_limit - (params.now() - mark))
 
     starts = [first_greedy_block(scaled, lo, hi) or (hi, seq)]
     costs = {scaled.c(*k) for k in scaled.passes()}

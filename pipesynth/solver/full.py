@@ -2,12 +2,17 @@
 
 An interval per pass, one no-overlap per device, dependencies with comm,
 first-in-first-out per (stage, pass) over microbatches (they are identical,
-so this loses nothing and breaks symmetry), the makespan lower bound as a
-constraint, and the memory cap exact under docs/design.md's list-order rule:
-memory changes at each pass's start (a device runs one pass at a time, so
-start order is list order), as a reservoir per device, or as precedences
-(F of microbatch j+n after the release of j) when a device holds one stage
-whose activation one pass frees.
+so this loses nothing and breaks symmetry: docs/design.md section 4, "Lower
+bounds"), the makespan lower bound as a constraint, and the memory cap exact
+under docs/design.md's list-order rule: memory changes at each pass's start
+(a device runs one pass at a time, so start order is list order), as a
+reservoir per device, or as precedences (F of microbatch j+n after the
+release of j) when a device holds one stage whose activation one pass frees.
+
+Redundant, and valid for every FIFO schedule, so they cut nothing: each
+start lies between its head and the hint's makespan minus its tail (the
+bounds' grid, with the cap's rules), and the cap's in-flight edges are
+precedences. They let CP-SAT prove what the bounds nearly prove.
 
 The solver's timing may leave gaps; the result is the per-device order,
 re-timed by the simulator (list scheduling never starts later), validated,
@@ -26,7 +31,7 @@ from pipesynth.core.rules import PassKey
 from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
-from pipesynth.solver.block import heads_and_tails_scaled
+from pipesynth.solver.grid import grid, inflight_edges
 from pipesynth.solver.progress import Progress, SolverParams, report
 from pipesynth.solver.scaled import Scaled
 
@@ -37,7 +42,7 @@ class PolishResult:
 
     schedule: Schedule
     status: str  # CP-SAT's: "optimal", "feasible", "unknown", "infeasible"
-    bound: float  # CP-SAT's best bound on the makespan, in real units (0 if none)
+    bound: float | None  # CP-SAT's best bound on the makespan, in real units (None if none, or costs were rounded)
     improved: bool
 
 
@@ -70,19 +75,22 @@ def polish(
     relative_gap: float = 0.0,
 ) -> PolishResult:
     """Improve `hint` (a valid schedule of the problem) within `time_limit` seconds."""
-    started = time.monotonic()
+    started, mark = time.monotonic(), params.now()
     problem = hint.problem
     scaled = Scaled.of(problem)
     ts = scaled.time_scale
     m = problem.microbatches
-    heads, tails = heads_and_tails_scaled(scaled)
+    whole = scaled.integer_problem()
+    g = grid(whole, inflight=True)
+    index = {p: i for i, p in enumerate(g.order)}
     upper = math.ceil(hint.metrics.makespan * ts - 1e-9)
     model = cp_model.CpModel()
     start, end, spans = {}, {}, [[] for _ in range(problem.devices)]
     for op, s in scaled.passes():
-        c = scaled.c(op, s)
+        c, i = scaled.c(op, s), index[(op, s)]
         for j in range(m):
-            x = model.new_int_var(heads[(op, s)], max(heads[(op, s)], upper - c - tails[(op, s)]), f"s{op}{s}_{j}")
+            head, tail = round(g.heads[j][i]), round(g.tails[j][i])
+            x = model.new_int_var(head, max(head, upper - c - tail), f"s{op}{s}_{j}")
             start[(op, s, j)] = x
             end[(op, s, j)] = x + c
             spans[problem.placement[s]].append(model.new_fixed_size_interval_var(x, c, f"i{op}{s}_{j}"))
@@ -93,6 +101,9 @@ def polish(
     for a, b, delay in scaled.edges():
         for j in range(m):
             model.add(start[(*b, j)] >= end[(*a, j)] + delay)
+    for e in inflight_edges(whole):
+        for j in range(e.lag, m):
+            model.add(start[("F", e.target, j)] >= end[(*e.source, j - e.lag)])
     if scaled.cap is not None:
         add_memory(model, scaled, start, end)
     makespan = model.new_int_var(0, upper, "makespan")
@@ -106,7 +117,7 @@ def polish(
             model.add_hint(start[a.key], round(a.start * ts))
     model.add_hint(makespan, upper)
 
-    solver = params.solver(max(0.05, time_limit - (time.monotonic() - started)))
+    solver = params.solver(max(0.05, time_limit - (params.now() - mark)))
     prm = solver.parameters
     prm.relative_gap_limit = relative_gap
     prm.expand_reservoir_constraints = False
@@ -120,9 +131,7 @@ def polish(
     name = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible"}.get(
         status, "unknown"
     )
-    bound = solver.best_objective_bound / ts if name in ("optimal", "feasible") else 0.0
-    if not scaled.exact:
-        bound = 0.0  # rounded costs: CP-SAT's bound is not a bound of the real problem
+    bound = solver.best_objective_bound / ts if name in ("optimal", "feasible") and scaled.exact else None
     if name not in ("optimal", "feasible"):
         return PolishResult(hint, name, bound, False)
     times = {k: (solver.value(v), solver.value(end[k])) for k, v in start.items()}

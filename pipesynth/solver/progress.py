@@ -7,7 +7,9 @@ so the CLI prints them and a launcher can log them or ignore them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,6 +64,7 @@ class SolverParams:
     deterministic: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     _running: list[cp_model.CpSolver] = field(default_factory=list, repr=False)
+    _made: list[cp_model.CpSolver] = field(default_factory=list, repr=False)
 
     def request_stop(self) -> None:
         """End the search now (thread-safe): the best schedule so far is kept."""
@@ -73,6 +76,8 @@ class SolverParams:
         """A CP-SAT solver with these settings, stoppable by `request_stop`."""
         solver = cp_model.CpSolver()
         self._running[:] = [solver]
+        if self.deterministic:
+            self._made.append(solver)  # its deterministic time is this search's clock
         prm = solver.parameters
         prm.random_seed = self.seed
         prm.catch_sigint_signal = False
@@ -87,6 +92,17 @@ class SolverParams:
         if self.stopped:
             prm.max_time_in_seconds = 0.0
         return solver
+
+    def now(self) -> float:
+        """The clock budgets are measured on: in deterministic mode, the CP-SAT deterministic time
+        spent so far (so machine load cannot change a run), else wall time."""
+        if not self.deterministic:
+            return time.monotonic()
+        spent = 0.0
+        for solver in self._made:
+            with contextlib.suppress(RuntimeError):  # made, not yet solved
+                spent += solver.deterministic_time
+        return spent
 
     @property
     def stopped(self) -> bool:

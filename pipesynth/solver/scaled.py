@@ -10,7 +10,7 @@ with the real costs and validated before it is returned (`exact` says which).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipesynth.core.problem import Op, Problem
 from pipesynth.core.rules import PassId, crosses_devices, edges, released
@@ -71,6 +71,19 @@ class Scaled:
     def edges(self) -> list[tuple[PassId, PassId, int]]:
         """One microbatch's dependencies (before, after, comm delay)."""
         return [(a, b, self.link(a[1], b[1])) for a, b in edges(self.problem)]
+
+    def integer_problem(self) -> Problem:
+        """The problem in these integers (costs, comm, activations, caps), for the bounds' grid."""
+        return replace(
+            self.problem,
+            cost_f=tuple(map(float, self.cost["F"])),
+            cost_b=tuple(map(float, self.cost["B"])),
+            cost_w=tuple(map(float, self.cost["W"])),
+            comm=float(self.comm),
+            activation=tuple(map(float, self.activation)),
+            kept_for_w=tuple(map(float, self.kept)),
+            cap=None if self.cap is None else tuple(map(float, self.cap)),
+        )
 
     def passes(self) -> list[PassId]:
         return [(op, s) for s in range(self.problem.stages) for op in self.problem.ops]
