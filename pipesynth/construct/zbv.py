@@ -6,7 +6,8 @@ per-device order, timing each pass as it is placed:
 
 1. warm-up: chunk-0 forwards down the pipeline; from the last device up,
    each device adds chunk-0 forwards (with the devices above it, in step)
-   while it waits for its first chunk-1 forward and keeps room for it; then
+   while it waits for its first chunk-1 forward and keeps room for it, and
+   every device of the step has room (activations and caps may differ); then
    forward counts are evened out across devices;
 2. rounds, each giving every device one B (chunk-0 B's first, from the last
    device up, then chunk-1 B's down) and one F; a W runs before a pass only
