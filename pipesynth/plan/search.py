@@ -321,16 +321,16 @@ def plan_job(
 ) -> PlanResult:
     """The fastest plan found for `job` whose static bytes plus activation peak fit every GPU.
 
-    time_limit: the wall-clock limit of the whole search. The evenly split
-    baselines come first (the slow V-shape builders in `workers` child
-    processes side by side, for three quarters of the limit at most), then
-    improving splits, rebuilding under the cap and CP-SAT, each for a share
-    of what is left. No unit of work starts
-    after the limit or once `stop` is set: the best plan so far is returned,
-    the baselines not built are in `skipped` as NOT_BUILT, and a
-    PipesynthError says so if no plan that fits was found by then. Raises
-    InfeasibleError saying what would fit when nothing can (a layer larger
-    than a GPU, or too little memory overall).
+    time_limit: the wall-clock limit of the whole search. Limited 1F1B and
+    the evenly split baselines come first (the slow V-shape builders in
+    `workers` child processes side by side, for three quarters of the limit
+    at most), then improving splits, rebuilding under the cap and CP-SAT,
+    each for a share of what is left. No unit of work starts after the
+    limit or once `stop` is set: the best plan so far is returned, the
+    baselines not built are in `skipped` as NOT_BUILT, and a PipesynthError
+    says so if no plan that fits was found by then. Raises InfeasibleError
+    saying what would fit when nothing can (a layer larger than a GPU, or
+    too little memory overall).
     """
     started = time.monotonic()
     costs = costs or model_costs(job)
