@@ -117,7 +117,7 @@ def test_the_schema_sees_each_fault_of_form_and_only_those(case):
 
 def valid_files():
     files = [*sorted((ROOT / "schedules").glob("*.json")), VALID_PLAN]
-    generated = [generate(name, 3, 4, chunks=2, cost={"F": 1.5, "B": 2, "W": 0.5}, comm=0.25) for name in GENERATORS]
+    generated = [generate(name, 3, 6, chunks=2, cost={"F": 1.5, "B": 2, "W": 0.5}, comm=0.25) for name in GENERATORS]
     return [f.read_text() for f in files] + [schedule_json.dumps(s) for s in generated]
 
 
