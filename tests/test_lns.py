@@ -36,9 +36,7 @@ def test_a_sequential_start_gets_much_shorter_and_stays_valid_under_its_cap():
     window=st.integers(4, 40),
 )
 def test_the_result_is_never_worse_nor_invalid(devices, microbatches, costs, comm, cap_extra, window):
-    problem = make_problem(
-        devices, microbatches, "v", cost=dict(zip("FBW", costs)), comm=comm, cap=2 + cap_extra
-    )
+    problem = make_problem(devices, microbatches, "v", cost=dict(zip("FBW", costs)), comm=comm, cap=2 + cap_extra)
     start = sequential(problem)
     result = improve(start, deterministic(), 0.5, window_passes=window)
     assert find_violations(result.schedule) == []

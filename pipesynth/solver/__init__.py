@@ -132,7 +132,12 @@ def solve(
     report(progress, "hints", f"best start: {base}", elapsed(), makespan=best.metrics.makespan, bound=bound)
     cp_bound = None
     left = time_limit - (params.now() - mark)
-    if not params.stopped and left > 0.5 and best.num_actions >= LNS_MIN_PASSES and best.metrics.makespan > bound + 1e-9:
+    if (
+        not params.stopped
+        and left > 0.5
+        and best.num_actions >= LNS_MIN_PASSES
+        and best.metrics.makespan > bound + 1e-9
+    ):
         searched = improve(best, params, LNS_SHARE * left if will_polish else left - 0.2, bound, progress)
         best = searched.schedule
         base = f"{base}+lns" if searched.improved else base

@@ -245,4 +245,3 @@ def _solve_window(
         moved = sorted(window[d], key=lambda k: (solver.value(start[k]), cost[k], k[0] == "F"))
         new_order.append([*keys[:i0], *moved, *keys[i0 + len(moved) :]])
     return _Timed.of(problem, new_order)
-
