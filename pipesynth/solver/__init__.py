@@ -31,7 +31,7 @@ POLISH_MAX_PASSES = 16_000
 #: From this many passes on, window search (lns.py) gets most of the time left before the polish.
 LNS_MIN_PASSES = 1000
 #: Its share of that time when the polish runs after it.
-LNS_SHARE = 0.7
+LNS_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -118,11 +118,13 @@ def solve(
     if not params.stopped:
         budget = min(max(0.3 * time_limit, 0.5), 30.0)
         found = search_block(problem, params, budget, progress)
-        blocks = [(found.block, found.status), *((b, "feasible") for b in found.others)]
+        blocks = [(found.block, found.status), *((b, "feasible") for b in found.others if b != found.block)]
     for block, status in blocks:
         offer(f"block T={block.interval:g} repeated", repeated(block, problem), block, status)
-    reorders = Background([(reordered, (block, problem)) for block, _ in blocks], inline=params.deterministic)
-    for (block, status), schedule in zip(blocks, reorders.collect(deadline, params.stop)):
+    # A reorder takes minutes at depth and shares the cores with the generators: there, only the best block's.
+    unrolled = blocks if will_polish else blocks[:1]
+    reorders = Background([(reordered, (block, problem)) for block, _ in unrolled], inline=params.deterministic)
+    for (block, status), schedule in zip(unrolled, reorders.collect(deadline, params.stop)):
         offer(f"block T={block.interval:g} reordered", schedule, block, status)
     for schedule in generators.collect(deadline, params.stop):
         offer(schedule.name if schedule is not None else "", schedule)

@@ -30,8 +30,10 @@ real problem and validated, and returned only when it beats the start. So
 LNS never returns a worse or invalid schedule.
 
 Windows sweep the schedule (forwards, then backwards, each sweep shifted),
-and widen when a whole sweep finds nothing, up to four times; the search ends
-when a sweep of the widest windows finds nothing. Budgets use `SolverParams.now()`,
+in turn over every device and over a band of a quarter of the devices (both
+arms of the V, so a band holds whole stretches of the pipeline) for a longer
+time; they widen when two sweeps in a row find nothing, up to four times, and
+the search ends when the widest find nothing. Budgets use `SolverParams.now()`,
 so deterministic mode stays deterministic.
 """
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import time
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -72,6 +75,7 @@ class _Timed:
     order: Order
     starts: list[list[int]]
     ends: list[list[int]]
+    where: dict[PassKey, tuple[int, int]]  # (device, position) of each pass
 
     @staticmethod
     def of(problem: Problem, order: Order) -> _Timed | None:
@@ -85,7 +89,8 @@ class _Timed:
             return None
         starts = [[round(a.start) for a in dev] for dev in timed.actions]
         ends = [[round(a.end) for a in dev] for dev in timed.actions]
-        return _Timed(order, starts, ends)
+        where = {k: (d, i) for d, keys in enumerate(order) for i, k in enumerate(keys)}
+        return _Timed(order, starts, ends, where)
 
     @property
     def score(self) -> tuple[int, int]:
@@ -100,59 +105,74 @@ def improve(
     time_limit: float,
     lower_bound: float = 0.0,
     progress: Progress | None = None,
-    window_passes: int = 150,
+    window_passes: int | None = None,
     tail: float = 1.0,
 ) -> LnsResult:
-    """Improve `start` (a valid schedule) by re-solving windows of about `window_passes` passes.
+    """Improve `start` (a valid schedule) by re-solving windows of about `window_passes` passes
+    (default: 8 per device, at least 150).
 
     Stops at `time_limit` (on `params.now()`), when `params.stop` is set, or
     when the makespan meets `lower_bound`.
     """
-    mark = params.now()
+    mark, wall = params.now(), time.monotonic()
     problem = start.problem
+    window_passes = window_passes or max(150, 8 * problem.devices)
     scaled = Scaled.of(problem)
     whole = scaled.integer_problem()
     rng = random.Random(params.seed)
     current = _Timed.of(whole, [[a.key for a in dev] for dev in start.actions])
     if current is None or time_limit <= 0:
         return LnsResult(start, False, 0, 0)
+    # Kept for the end: timing and validating the result (seconds at D = 64, m = 256); in
+    # deterministic mode the clock is CP-SAT's, which that work does not move.
+    reserve = 0.2 if params.deterministic else 0.2 + 3 * (time.monotonic() - wall)
     goal = lower_bound * scaled.time_scale + 1e-6  # done once the makespan meets the bound
     size = window_passes
-    windows = accepted = sweep = 0
+    windows = accepted = sweep = stale = 0
 
     def left() -> float:
         return time_limit - (params.now() - mark)
 
-    while left() > 0.2 and not params.stopped and current.score[0] > goal:
+    while left() > reserve and not params.stopped and current.score[0] > goal:
         makespan = current.score[0]
-        width = max(1, round(makespan * size / max(1, start.num_actions)))
+        # Even sweeps free every device in a short window; odd ones a band of
+        # adjacent devices (both arms of the V) in a window as many times longer.
+        band = problem.devices if sweep % 2 == 0 else max(2, problem.devices // 4)
+        width = max(1, round(makespan * size * problem.devices / band / max(1, start.num_actions)))
         shift = rng.randrange(max(1, width // 2))
         lows = list(range(-shift, makespan, max(1, width // 2)))
-        if sweep % 2:
+        if sweep % 4 >= 2:
             lows.reverse()
         found = False
         for t0 in lows:
-            if left() <= 0.2 or params.stopped or current.score[0] <= goal:
+            if left() <= reserve or params.stopped or current.score[0] <= goal:
                 break
+            first = rng.randrange(problem.devices - band + 1)
+            devices = range(first, first + band)
             t1 = t0 + width
             limit = min(left(), max(1.0, 0.05 * time_limit))
-            better = _solve_window(whole, current, max(0, t0), t1, t1 + tail * width, params, limit)
+            better = _solve_window(whole, current, devices, max(0, t0), t1, t1 + tail * width, params, limit)
             windows += 1
             if better is not None and better.score < current.score:
                 found |= better.score[0] < current.score[0]
                 current = better
                 accepted += 1
+                where = f"devices {first}-{first + band - 1}, " if band < problem.devices else ""
                 report(
                     progress,
                     "lns",
-                    f"window {max(0, t0) / scaled.time_scale:g}-{t1 / scaled.time_scale:g}",
+                    f"window {where}{max(0, t0) / scaled.time_scale:g}-{t1 / scaled.time_scale:g}",
                     0.0,
                     makespan=current.score[0] / scaled.time_scale,
                 )
         sweep += 1
-        if not found and size >= 4 * window_passes:
-            break  # a sweep of the widest windows found nothing: a local optimum
-        size = window_passes if found else min(4 * window_passes, round(size * 1.5))
+        stale = 0 if found else stale + 1
+        if stale >= 2 and size >= 4 * window_passes:
+            break  # sweeps of the widest windows, both kinds, found nothing: a local optimum
+        if found:
+            size = window_passes
+        elif stale >= 2:
+            size = min(4 * window_passes, round(size * 1.5))
     final = from_order(problem, current.order, start.name, **start.provenance)
     if find_violations(final) or final.metrics.makespan >= start.metrics.makespan - 1e-9:
         return LnsResult(start, False, windows, accepted)
@@ -160,14 +180,20 @@ def improve(
 
 
 def _solve_window(
-    problem: Problem, current: _Timed, t0: int, t1: int, t2: float, params: SolverParams, time_limit: float
+    problem: Problem,
+    current: _Timed,
+    devices: range,
+    t0: int,
+    t1: int,
+    t2: float,
+    params: SolverParams,
+    time_limit: float,
 ) -> _Timed | None:
-    """The best re-ordering of the passes starting in [t0, t1), or None if CP-SAT found none."""
+    """The best re-ordering of `devices`' passes starting in [t0, t1), or None if CP-SAT found none."""
     order = current.order
     model = cp_model.CpModel()
     makespan = max(dev[-1] for dev in current.ends if dev)
     start: dict[PassKey, cp_model.IntVar] = {}
-    fixed_end: dict[PassKey, int] = {}
     window: list[list[PassKey]] = []
     tail: list[list[PassKey]] = []
     prefix: list[int] = []  # per device, how many passes keep their times
@@ -175,8 +201,8 @@ def _solve_window(
         i0 = bisect.bisect_left(current.starts[d], t0)
         i1 = bisect.bisect_left(current.starts[d], t1)
         i2 = bisect.bisect_left(current.starts[d], t2)
-        for i in range(i0):
-            fixed_end[keys[i]] = current.ends[d][i]
+        if d not in devices:
+            i1 = i0  # the device keeps its order
         prefix.append(i0)
         window.append(keys[i0:i1])
         tail.append(keys[i1:i2])
@@ -192,12 +218,13 @@ def _solve_window(
             delay = round(comm_delay(problem, dep[1], k[1]))
             if dep in start:
                 model.add(x >= start[dep] + cost[dep] + delay)
-            else:
-                model.add(x >= fixed_end[dep] + delay)
+            else:  # it kept its time
+                dd, i = current.where[dep]
+                model.add(x >= current.ends[dd][i] + delay)
     finish, finish_hint = [], []
     for d in range(problem.devices):
         keys, i0 = order[d], prefix[d]
-        before = fixed_end[keys[i0 - 1]] if i0 > 0 else 0
+        before = current.ends[d][i0 - 1] if i0 > 0 else 0
         spans = []
         for k in window[d]:
             model.add(start[k] >= before)
@@ -239,9 +266,10 @@ def _solve_window(
     solver.parameters.symmetry_level = 0
     if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
-    new_order = []
+    new_order, changed = [], False
     for d, keys in enumerate(order):
         i0 = prefix[d]
         moved = sorted(window[d], key=lambda k: (solver.value(start[k]), cost[k], k[0] == "F"))
+        changed |= moved != window[d]
         new_order.append([*keys[:i0], *moved, *keys[i0 + len(moved) :]])
-    return _Timed.of(problem, new_order)
+    return _Timed.of(problem, new_order) if changed else None  # timing a deep schedule takes a second
