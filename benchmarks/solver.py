@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -201,7 +202,8 @@ def write(out: Path, data: dict, anchors: list[dict]) -> str:
         "Runs (each row says which one it comes from; rows of a run still going are written as they end):",
         "",
         *(
-            f"- {run_tag[run]}: `{info['command']}` ({info['host']}, {info['cores']} cores; each solve pinned to 2 "
+            f"- {run_tag[run]}: `{info['command']}` at commit {info.get('commit', '?')} "
+            f"({info['host']}, {info['cores']} cores; each solve pinned to 2 "
             f"cores, workers=2; started {info['started']}, load average {info['load_start']} at the start"
             + (f", {info['load_end']} at the end, total {info['seconds']:.0f} s" if "seconds" in info else ", running")
             + f"; {sum(1 for r in rows if r['run'] == run)} rows)"
@@ -264,6 +266,9 @@ def main() -> None:
     load = lambda: ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"  # noqa: E731
     data["runs"][run] = {
         "command": "python benchmarks/solver.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip(),
         "host": platform.node() or "host",
         "cores": os.cpu_count(),
         "started": run,
