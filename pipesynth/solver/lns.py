@@ -173,6 +173,8 @@ def improve(
             size = window_passes
         elif stale >= 2:
             size = min(4 * window_passes, round(size * 1.5))
+    if not accepted:
+        return LnsResult(start, False, windows, accepted)
     final = from_order(problem, current.order, start.name, **start.provenance)
     if find_violations(final) or final.metrics.makespan >= start.metrics.makespan - 1e-9:
         return LnsResult(start, False, windows, accepted)
