@@ -119,7 +119,9 @@ def solve(
         budget = min(max(0.3 * time_limit, 0.5), 30.0)
         found = search_block(problem, params, budget, progress)
         blocks = [(found.block, found.status), *((b, "feasible") for b in found.others if b != found.block)]
-    for block, status in blocks:
+    for i, (block, status) in enumerate(blocks):
+        if i and params.now() - mark >= time_limit:
+            break  # each repeat takes a second at depth: once time is up, the found block's is enough
         offer(f"block T={block.interval:g} repeated", repeated(block, problem), block, status)
     # A reorder takes minutes at depth and shares the cores with the generators: there, only the best block's.
     unrolled = blocks if will_polish else blocks[:1]
