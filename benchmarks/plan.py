@@ -240,7 +240,7 @@ def write(path: Path, lines: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-limit", type=float, default=15.0, help="plan_job's search time after the baselines.")
+    parser.add_argument("--time-limit", type=float, default=15.0, help="plan_job's whole time limit.")
     parser.add_argument("--only", default=None, help="Only models whose name contains this.")
     parser.add_argument("--memory-only", action="store_true", help="Only the measured memory tables (seconds).")
     parser.add_argument("--results", type=Path, default=RESULTS / "plan.md")

@@ -54,6 +54,8 @@ from pipesynth.runtime.watchdog import ERROR_FILE_VARIABLE
 PROGRESS_FOLDER_VARIABLE = "PIPESYNTH_LAUNCH_FOLDER"
 #: Seconds a stopped rank gets to exit on SIGTERM before SIGKILL.
 STOP_GRACE = 1.0
+#: Longest `timeout` (seconds): no wait needs more, and a huge one overflows in the ranks (1e300 killed them).
+MAX_TIMEOUT = 86_400
 #: Removes the folder (argv[1]) once its stdin closes: when the launcher and its ranks are gone, however.
 _CLEANER = "import shutil, sys; sys.stdin.buffer.read(); shutil.rmtree(sys.argv[1], ignore_errors=True)"
 
@@ -197,6 +199,8 @@ def launch(
     backend = backend_for(device)
     if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
         raise PipesynthError(f"timeout: must be a positive number of seconds, got {timeout!r}")
+    if timeout > MAX_TIMEOUT:
+        raise PipesynthError(f"timeout: {timeout:g} seconds; at most {MAX_TIMEOUT:,} (a day)")
     if world_size < 1:
         raise PipesynthError(f"ranks: must be at least 1, got {world_size}")
     if backend == "nccl" and torch.cuda.device_count() < world_size:

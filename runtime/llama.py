@@ -30,9 +30,7 @@ from pipesynth.errors import PipesynthError
 from pipesynth.plan.costs import model_params
 from pipesynth.plan.partition import Partition, check_partition
 from pipesynth.plan.plan_file import PlanSection, layers_per_stage
-
-#: The most parameters `llama_size` builds from a plan: every rank builds the whole model on this machine.
-MAX_TINY_PARAMS = 50_000_000
+from pipesynth.runtime.models import MAX_TINY_PARAMS
 
 
 @dataclass(frozen=True)

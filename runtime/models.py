@@ -37,6 +37,24 @@ def split_layers(layers: Sequence[nn.Module], counts: Sequence[int]) -> list[nn.
     return stages
 
 
+#: The most parameters of a tiny model: every rank (and `profile`) builds the whole model on this machine.
+MAX_TINY_PARAMS = 50_000_000
+#: Most tokens (sequences x sequence length) in one microbatch: every local rank builds the whole batch on a CPU.
+MAX_MICROBATCH_TOKENS = 65_536
+#: Most values in one microbatch's hidden states through the tiny GPT (tokens x width x blocks): each block
+#: saves about 17 such values per token and width for its backward (two MLP tensors 4 wide, attention's inputs).
+MAX_HIDDEN_VALUES = 2**24
+
+
+def check_tokens(sequences: int, seq_len: int, field: str) -> None:
+    """At most MAX_MICROBATCH_TOKENS tokens in a microbatch of `sequences` sequences of `seq_len` tokens."""
+    if sequences * seq_len > MAX_MICROBATCH_TOKENS:
+        raise PipesynthError(
+            f"{field}: {sequences} x {seq_len} tokens per microbatch; at most {MAX_MICROBATCH_TOKENS:,} on this "
+            "machine (every rank builds the whole batch)"
+        )
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab: int = 64
@@ -44,6 +62,36 @@ class GPTConfig:
     dim: int = 64
     heads: int = 4
     blocks: int = 8
+
+    @property
+    def parameters(self) -> int:
+        """The parameters of `tiny_gpt(self)` (tests count the built model's)."""
+        d, v = self.dim, self.vocab
+        block = 12 * d * d + 13 * d  # two LayerNorms, qkv, proj, fc, out (with biases)
+        return (v + self.seq_len) * d + self.blocks * block + 2 * d + d * v + v
+
+    def check(self, sequences: int = 1) -> None:
+        """Sizes this machine can build and run a microbatch of `sequences` through; a PipesynthError naming
+        the field and the limit, before anything is allocated."""
+        for name in ("vocab", "seq_len", "dim", "heads", "blocks"):
+            if getattr(self, name) < 1:
+                raise PipesynthError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise PipesynthError(f"dim: {self.dim} is not a multiple of the tiny GPT's {self.heads} heads")
+        check_tokens(sequences, self.seq_len, "microbatch_size")
+        if self.parameters > MAX_TINY_PARAMS:
+            raise PipesynthError(
+                f"blocks, dim, seq_len: {self.blocks} blocks of width {self.dim} and {self.seq_len} positions make "
+                f"{self.parameters:,} parameters; the tiny GPT has at most {MAX_TINY_PARAMS:,} (the whole model is "
+                "built on this machine)"
+            )
+        values = sequences * self.seq_len * self.dim * self.blocks
+        if values > MAX_HIDDEN_VALUES:
+            raise PipesynthError(
+                f"microbatch_size, seq_len, dim, blocks: {sequences} x {self.seq_len} tokens x width {self.dim} x "
+                f"{self.blocks} blocks make {values:,} hidden values per microbatch, each saved several times for "
+                f"the backward; at most {MAX_HIDDEN_VALUES:,}"
+            )
 
 
 class Block(nn.Module):

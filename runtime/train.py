@@ -33,14 +33,19 @@ from pipesynth.plan.plan_file import PlanSection, layers_per_stage, split_by_par
 from pipesynth.runtime.launch import LaunchInterrupted, launch, report_progress
 from pipesynth.runtime.llama import LlamaSize, llama_size
 from pipesynth.runtime.memory import ActivationMeter
-from pipesynth.runtime.models import GPTConfig, MarkovText, even_counts, gpt_stages, lm_loss, tiny_gpt
+from pipesynth.runtime.models import (
+    GPTConfig,
+    MarkovText,
+    check_tokens,
+    even_counts,
+    gpt_stages,
+    lm_loss,
+    tiny_gpt,
+)
 
 MODELS = ("tiny-gpt", "tiny-llama")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast dtype
 RUNTIMES = ("pipesynth", "torch")
-#: Most tokens per microbatch a plan file may ask `train` for (plans for real GPUs are trained with their
-#: own launcher; here every rank builds the model and the whole batch on a CPU).
-MAX_PLAN_TOKENS = 65_536
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +87,13 @@ class TrainConfig:
         most = self.gpt.seq_len if self.model == "tiny-gpt" else self.llama.max_positions
         if self.sequence_length is not None and not 0 < self.sequence_length <= most:
             raise PipesynthError(f"sequence_length: {self.sequence_length}; the {self.model} takes 1 to {most} tokens")
+        if self.microbatch_size < 1:
+            raise PipesynthError(f"microbatch_size: must be at least 1, got {self.microbatch_size}")
+        if self.model == "tiny-gpt":
+            self.gpt.check(self.microbatch_size)
+        check_tokens(self.microbatch_size, self.seq_len, "microbatch_size")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise PipesynthError(f"lr: must be a positive finite learning rate, got {self.lr!r}")
 
     @property
     def vocab(self) -> int:
@@ -119,11 +131,7 @@ def train_config(
             model=model or "tiny-gpt", precision=precision or "fp32", microbatch_size=microbatch_size or 2, **settings
         )
     t = plan.training
-    if t.microbatch_size * t.seq_len > MAX_PLAN_TOKENS:
-        raise PipesynthError(
-            f"plan.training: {t.microbatch_size} x {t.seq_len} tokens per microbatch; train runs at most "
-            f"{MAX_PLAN_TOKENS:,} on local ranks"
-        )
+    check_tokens(t.microbatch_size, t.seq_len, "plan.training")
     model = model or "tiny-llama"
     if model == "tiny-llama":
         settings = {"llama": llama_size(plan), "sequence_length": plan.training.seq_len, **settings}

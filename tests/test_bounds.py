@@ -22,13 +22,8 @@ FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthChec
 
 
 @st.composite
-def problems(draw, devices=4, microbatches=8, least_cost=0, activation_per_stage=True):
-    """Any placement and backward mode; costs, activations and kept_for_w per stage or not; comm.
-
-    The ZB-V generator can loop forever when activations differ per stage (a
-    known bug of construct/zbv.py, outside these tests), so tests that build
-    every generator ask for one activation for all stages.
-    """
+def problems(draw, devices=4, microbatches=8, least_cost=0):
+    """Any placement and backward mode; costs, activations and kept_for_w per stage or not; comm."""
     d = draw(st.integers(1, devices))
     placement = draw(st.sampled_from(["linear", "loop", "v"]))
     stages = d if placement == "linear" else 2 * d
@@ -37,7 +32,7 @@ def problems(draw, devices=4, microbatches=8, least_cost=0, activation_per_stage
         one = st.integers(lo, hi)
         return draw(one | st.lists(one, min_size=stages, max_size=stages))
 
-    activation = per_stage(1, 3) if activation_per_stage else draw(st.integers(1, 3))
+    activation = per_stage(1, 3)
     acts = activation if isinstance(activation, list) else [activation] * stages
     kept = draw(st.none() | st.tuples(*(st.integers(0, a) for a in acts)).map(list))
     return make_problem(
@@ -66,7 +61,7 @@ def at_peak(schedule):
 
 
 @FEW
-@given(problems(activation_per_stage=False))
+@given(problems())
 def test_bound_never_exceeds_a_handcrafted_schedule_at_its_own_peak(problem):
     for schedule in handcrafted(problem):
         capped = at_peak(schedule)
@@ -95,7 +90,7 @@ def test_bound_never_exceeds_the_proven_optimum_of_a_tiny_problem(problem, extra
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(devices=3, microbatches=6, activation_per_stage=False), st.integers(0, 2))
+@given(problems(devices=3, microbatches=6), st.integers(0, 2))
 def test_bound_never_exceeds_the_solvers_result_and_is_reported(problem, extra):
     problem = problem.with_cap(tuple(c + extra for c in smallest_feasible_cap(problem)))
     result = solve(problem, time_limit=0.5, workers=1, deterministic=True)

@@ -33,6 +33,12 @@ def test_dash_h_is_help(args):
     assert result.exit_code == 0 and result.stdout.startswith("Usage: pipesynth")
 
 
+def test_the_help_names_debug_and_its_environment_variable():
+    listing = " ".join(run("--help").stdout.split())
+    assert "--debug Show the traceback before an error line" in listing
+    assert "PIPESYNTH_DEBUG=1" in listing
+
+
 def test_help_fits_80_columns_and_names_every_option_whole(monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     group = get_command(app)

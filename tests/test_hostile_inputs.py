@@ -117,7 +117,7 @@ def test_the_schema_sees_each_fault_of_form_and_only_those(case):
 
 def valid_files():
     files = [*sorted((ROOT / "schedules").glob("*.json")), VALID_PLAN]
-    generated = [generate(name, 3, 4, chunks=2, cost={"F": 1.5, "B": 2, "W": 0.5}, comm=0.25) for name in GENERATORS]
+    generated = [generate(name, 3, 6, chunks=2, cost={"F": 1.5, "B": 2, "W": 0.5}, comm=0.25) for name in GENERATORS]
     return [f.read_text() for f in files] + [schedule_json.dumps(s) for s in generated]
 
 
@@ -176,6 +176,30 @@ BAD_OPTIONS = [
     (["train", "ok.json", "--timeout", 0], "timeout: must be a positive number of seconds, got 0.0"),
     (["train", "ok.json", "--timeout", "nan"], "timeout: must be a positive number of seconds, got nan"),
     (["train", "ok.json", "--seed", 2**40], "Invalid value for '--seed'"),
+    (["train", "ok.json", "--timeout", 1e300], "timeout: 1e+300 seconds; at most 86,400 (a day)"),
+    (["train", "ok.json", "--microbatch-size", 10**9], "microbatch_size: 1000000000 x 32 tokens per microbatch; at"),
+    (["train", "ok.json", "--lr", "nan"], "lr: must be a positive finite learning rate, got nan"),
+    (["train", "ok.json", "--lr", -1], "lr: must be a positive finite learning rate, got -1.0"),
+    (
+        ["profile", "-o", "p.json", "--devices", 2, "--blocks", 10**9],
+        "blocks, dim, seq_len: 1000000000 blocks of width 64",
+    ),
+    (["profile", "-o", "p.json", "--devices", 2, "--dim", 10**6], "parameters; the tiny GPT has at most 50,000,000"),
+    (["profile", "-o", "p.json", "--devices", 2, "--dim", 10], "dim: 10 is not a multiple of the tiny GPT's 4 heads"),
+    (["profile", "-o", "p.json", "--devices", 2, "--seq-len", 10**9], "microbatch_size: 2 x 1000000000 tokens per"),
+    (["profile", "-o", "p.json", "--devices", 2, "--microbatch-size", 10**9], "at most 65,536 on this machine"),
+    (
+        ["profile", "-o", "p.json", "--devices", 2, "--dim", 256, "--seq-len", 1024, "--microbatch-size", 64],
+        "64 x 1024 tokens x width 256 x 8 blocks make 134,217,728 hidden values per microbatch",
+    ),
+    (["profile", "-o", "p.json", "--devices", 2, "--threads", 10**8], "threads: 100000000; this machine has"),
+    (["profile", "-o", "p.json", "--devices", 2, "--repeats", 10**9], "Invalid value for '--repeats'"),
+    (["profile", "-o", "p.json", "--devices", 2, "--warmup", 10**9], "Invalid value for '--warmup'"),
+    (
+        ["profile", "-o", "p.json", "--devices", 2, "--microbatches", 10**9],
+        "microbatches: 4 stages x 1000000000 microbatches make",
+    ),
+    (["profile", "-o", "p.json", "--devices", 2, "--comm", "nan"], "comm: expected a finite number, got nan"),
     (["show", "ok.json", "--out", "chart.txt"], "chart.txt: picture format must be .png or .svg"),
     (["schedule", "1f1b", "-d", 2, "-m", 2, "-o", "."], ".: is a folder; give a file name"),
     (["validate", "."], ".: cannot read (Is a directory)"),

@@ -73,7 +73,7 @@ def test_bad_problems_name_the_field(call, message):
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_file_round_trip_is_lossless(name):
-    s = generate(name, 3, 3, chunks=2, cost={"F": 1.5, "B": 2, "W": 0.25}, comm=0.1, activation=3, cap="2x")
+    s = generate(name, 3, 6, chunks=2, cost={"F": 1.5, "B": 2, "W": 0.25}, comm=0.1, activation=3, cap="2x")
     text = schedule_json.dumps(s)
     assert schedule_json.loads(text) == s
     assert schedule_json.dumps(schedule_json.loads(text)) == text

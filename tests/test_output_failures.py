@@ -214,6 +214,38 @@ def test_a_symlink_is_followed_and_stays_a_link(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["42.json", "43.json"]
 
 
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from pipesynth.formats.files import write_new_file
+write_new_file(Path(sys.argv[1]), "out.json", b"half a schedule", 0o644)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_next_write_removes_the_temporary_file_a_killed_writer_left_and_nothing_else(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], env=env)
+    assert killed.wait() == -9
+    (stale,) = tmp_path.glob(".out.json.*.tmp")
+    assert stale.name.startswith(f".out.json.{killed.pid}.")
+    live = Path(files.write_new_file(tmp_path, "out.json", b"another writer, still writing", 0o644))
+    dead = 2**22 + 1  # above the largest process id Linux gives (PID_MAX_LIMIT)
+    lookalikes = [
+        f".out.json.{dead}.abcdefgh.tmp.bak",
+        f".out.json.{dead}.abcdefghi.tmp",
+        f".out.json.x{dead}.abcdefgh.tmp",
+        f".other.json.{dead}.abcdefgh.tmp",
+        f"out.json.{dead}.abcdefgh.tmp",
+    ]
+    for name in lookalikes:
+        (tmp_path / name).write_text("not ours")
+    files.write_text_atomic(tmp_path / "out.json", "new\n")
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*lookalikes, live.name, "out.json"])
+    assert (tmp_path / "out.json").read_text() == "new\n"
+
+
 def test_a_device_is_written_in_place_never_replaced(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert run("schedule", "1f1b", "-d", 2, "-m", 2, "-o", "/dev/null").exit_code == 0

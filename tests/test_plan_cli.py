@@ -142,3 +142,24 @@ def test_a_measured_profile_replaces_the_analytic_times_and_activations(tmp_path
         "plan", "--hf-config", write_config(tmp_path, CONFIG), *JOB, "--gpu-memory", "1GiB", "--profile", wrong
     )
     one_line_error(result, "profile: has 2 stages; expected 3")
+
+
+def test_solving_a_plan_file_again_keeps_the_plan_with_the_new_schedules_figures(tmp_path):
+    planned, solved, recapped = tmp_path / "plan.json", tmp_path / "solved.json", tmp_path / "recapped.json"
+    config = write_config(tmp_path, CONFIG)
+    assert run("plan", "--hf-config", config, *JOB, "--gpu-memory", "1GiB", "-t", 1, "-o", planned).exit_code == 0
+    result = run("solve", "--problem", planned, "-t", 1, "--quiet", "-o", solved)
+    assert result.exit_code == 0, result.output
+    before, plan = load_plan(planned)
+    schedule, kept = load_plan(solved)
+    assert schedule.provenance["method"].startswith("cp-sat") and kept.partition == plan.partition
+    assert [m.static for m in kept.memory] == [m.static for m in plan.memory]
+    assert [m.activation for m in kept.memory] == list(schedule.metrics.peak_memory)
+    assert kept.step_time_us == pytest.approx(schedule.metrics.makespan)
+    assert schedule.metrics.makespan <= before.metrics.makespan + 1e-6
+    # Another cap is another plan: the plan is left out, and the note says why.
+    result = run("solve", "--problem", planned, "--memory", "0.9x", "-t", 1, "--quiet", "-o", recapped)
+    assert result.exit_code == 0, result.output
+    assert "plan (layer split, memory per GPU) is left out" in result.stderr
+    with pytest.raises(PipesynthError, match="plan: missing"):
+        load_plan(recapped)

@@ -2,11 +2,13 @@
 
 import itertools
 import random
+import threading
 from dataclasses import replace
 
 import pytest
 
-from pipesynth.construct import generate
+import pipesynth.plan.search as search
+from pipesynth.construct import GENERATORS, generate
 from pipesynth.core.problem import make_problem, placement_for
 from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
@@ -150,3 +152,68 @@ def test_recompute_alternative_fits_the_budget_and_is_offered_only_without_recom
     full = replace(job, training=replace(job.training, recompute="full"))
     assert model_costs(full).decoder.activation < model_costs(job).decoder.activation / 10  # keeps its input only
     assert with_recompute(full, model_costs(full)) is None
+
+
+class StopAfter:
+    """Counts the search's timings (`metrics_of`, one per candidate split) and sets `stop` at the n-th."""
+
+    def __init__(self, monkeypatch, n: int) -> None:
+        self.n, self.calls, self.solves = n, 0, 0
+        self.stop = threading.Event()
+        real_metrics, real_solve = search.metrics_of, search.solve
+
+        def metrics_of(*args):
+            self.calls += 1
+            if self.calls >= self.n:
+                self.stop.set()
+            return real_metrics(*args)
+
+        def solve(*args, **kwargs):
+            self.solves += 1
+            return real_solve(*args, **kwargs)
+
+        monkeypatch.setattr(search, "metrics_of", metrics_of)
+        monkeypatch.setattr(search, "solve", solve)
+
+
+# This job's full search times 30 splits (1-2 limited 1F1B, before the baselines are built; 3-22 the
+# baselines' proposals; 23-26 the recompute hint; 27-30 improving), then runs CP-SAT: a stop in each phase.
+@pytest.mark.parametrize("n", [1, 3, 23, 27])
+def test_a_stopped_search_times_nothing_more_and_returns_the_best_plan_so_far(monkeypatch, n):
+    job = small_job()
+    counter = StopAfter(monkeypatch, n)
+    result = plan_job(job, time_limit=3600, stop=counter.stop)  # the stop event, not the clock, ends it
+    assert counter.calls == n and counter.solves == 0 and result.solver == {}
+    budget = job.device.budget
+    assert result.plan.fits(budget)
+    fitting = [b.makespan for b in result.baselines if b.fits(budget)]
+    assert all(result.plan.makespan <= m + 1e-6 for m in fitting)
+    assert fitting or set(result.skipped.values()) == {search.NOT_BUILT}  # n = 1: stopped before any build
+
+
+def test_a_search_stopped_before_anything_fits_says_so_in_one_line(monkeypatch):
+    counter = StopAfter(monkeypatch, 1)
+    counter.stop.set()
+    with pytest.raises(PipesynthError, match="^time limit: the search was stopped before a plan that fits was found"):
+        plan_job(small_job(), time_limit=3600, stop=counter.stop)
+    assert counter.calls == 0 and counter.solves == 0
+
+
+def test_a_stopped_search_lists_the_baselines_it_did_not_build(monkeypatch):
+    counter = StopAfter(monkeypatch, 10**9)  # stopped by the build below
+    built = []
+    one_f_one_b = GENERATORS["1f1b"]
+
+    def build_then_stop(problem):  # an in-process build (the V builders run in child processes)
+        built.append("1f1b")
+        counter.stop.set()
+        return one_f_one_b.build(problem)
+
+    monkeypatch.setitem(GENERATORS, "1f1b", replace(one_f_one_b, build=build_then_stop))
+    result = plan_job(small_job(), time_limit=3600, stop=counter.stop)
+    assert built == ["1f1b"] and counter.solves == 0
+    assert [b.generator for b in result.baselines] == ["gpipe", "1f1b"]  # those built before the stop
+    assert result.plan.generator in ("gpipe", "1f1b")
+    names = [g.name for g in GENERATORS.values() if g.placement != "linear" or g.name not in ("gpipe", "1f1b")]
+    assert result.skipped == {name: search.NOT_BUILT for name in names}
+    assert counter.calls == 2  # limited 1F1B (limits 2 and 1), timed before the builds; nothing after the stop

@@ -52,9 +52,12 @@ def test_a_plan_trains_split_by_its_partition_with_the_unpipelined_losses(plan_f
     config = report["config"]
     assert config["layers_per_stage"] == list(plan.partition.layers) and config["precision"] == "fp32"
     assert config["sequence_length"] == 16 and config["microbatch_size"] == 1 and config["microbatches"] == 4
-    # the plan's activation memory per GPU is what the executor measured on each rank
+    # The plan's activation memory per GPU bounds what the executor measured on each rank, and closely:
+    # the rules hold a stage's whole activation until its B ends (docs/design.md section 2), so where a
+    # rank's peak falls inside a B (dualpipev's back-to-back F&B pairs) the real level is a little lower.
     for rank in report["ranks"]:
-        assert rank["measured_peak_bytes"] == pytest.approx(plan.memory[rank["rank"]].activation, rel=0.01)
+        planned = plan.memory[rank["rank"]].activation
+        assert 0.97 * planned <= rank["measured_peak_bytes"] <= planned, (rank, schedule.name)
     cfg = train_config(plan, steps=2)
     reference = train_rank(0, 1, torch.device("cpu"), plan_file.read_text(), cfg)["losses"]
     assert len(report["losses"]) == 2
@@ -103,7 +106,9 @@ def test_a_model_that_is_not_the_plans_is_refused_naming_the_field(plan_file):
         with pytest.raises(PipesynthError, match=message):
             llama_size(replace(plan, model=model))
     long = replace(plan, training=replace(plan.training, seq_len=2**40))
-    with pytest.raises(PipesynthError, match="plan.training: 1 x 1099511627776 tokens per microbatch; train runs"):
+    with pytest.raises(
+        PipesynthError, match="plan.training: 1 x 1099511627776 tokens per microbatch; at most 65,536 on this machine"
+    ):
         train_config(long)
 
 

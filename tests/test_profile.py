@@ -16,6 +16,7 @@ from pipesynth.formats.schedule_json import dumps, load_problem, loads, save_pro
 from pipesynth.plan.budget import plan_problem  # noqa: E402
 from pipesynth.runtime.executor import PipelineExecutor  # noqa: E402
 from pipesynth.runtime.launch import launch  # noqa: E402
+from pipesynth.runtime.models import GPTConfig, tiny_gpt  # noqa: E402
 from pipesynth.runtime.p2p import TensorMeta  # noqa: E402
 from pipesynth.runtime.planner import plan_pipeline  # noqa: E402
 from pipesynth.runtime.profile import measure_comm, profile_stages  # noqa: E402
@@ -165,6 +166,11 @@ def test_cli_profile_says_when_the_model_cannot_be_split(tmp_path):
     result = CliRunner().invoke(app, ["profile", "--devices", "4", "--blocks", "4", "-o", str(tmp_path / "p.json")])
     assert result.exit_code == 2
     assert "4 blocks and cannot be split into 8 stages" in result.output
+
+
+@pytest.mark.parametrize("cfg", [GPTConfig(), GPTConfig(vocab=50, seq_len=7, dim=12, heads=3, blocks=2)])
+def test_the_tiny_gpts_parameter_count_is_the_built_models(cfg):
+    assert cfg.parameters == sum(p.numel() for layer in tiny_gpt(cfg, 0) for p in layer.parameters())
 
 
 def test_comm_is_measured_between_two_local_ranks():

@@ -129,6 +129,31 @@ def test_a_frozen_rank_ends_the_job_through_its_peers_time_outs(tmp_path, schedu
     wait_until(lambda: not ours(tmp_path), "the temporary folder is left")
 
 
+@pytest.mark.parametrize("fault", ["raises", "killed"])
+def test_a_failing_rank_ends_train_naming_it_and_leaves_the_old_report_whole(fault, tmp_path, schedule_file):
+    (tmp_path / "run.json").write_text("the previous report\n")
+    if fault == "raises":  # a learning rate of 1e30 makes the second step's loss nan on the last rank
+        proc = start(["train", schedule_file, "--steps", 100000, "--lr", 1e30, "--report", "run.json"], tmp_path)
+        ranks = []
+    else:
+        proc = start(["train", schedule_file, "--steps", 100000, "--report", "run.json"], tmp_path)
+        wait_for(tmp_path, "step 2/", proc)
+        ranks = ranks_of(proc.pid)
+        os.kill(ranks[1], signal.SIGKILL)
+    assert proc.wait(WAIT) == 1
+    errors, last = last_lines(tmp_path)
+    named = {
+        "raises": "rank 1 failed: NonFiniteLossError: rank 1: the loss is nan",
+        "killed": "rank 1 died (signal SIGKILL)",
+    }
+    assert errors == [last] and last.startswith(f"error: {named[fault]}"), errors
+    assert "Traceback" not in (tmp_path / "err").read_text()
+    assert all(gone(pid) for pid in ranks)
+    assert (tmp_path / "run.json").read_text() == "the previous report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["err", "out", "run.json", "s.json", "tmp"]
+    wait_until(lambda: not ours(tmp_path), "the temporary folder is left")
+
+
 def test_a_launcher_killed_outright_takes_its_ranks_and_temporary_folder_with_it(tmp_path, schedule_file):
     proc = start(["train", schedule_file, "--steps", 100000], tmp_path)
     wait_for(tmp_path, "step 2/", proc)

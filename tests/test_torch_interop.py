@@ -20,9 +20,17 @@ from pipesynth.construct import GENERATORS, generate  # noqa: E402
 RANKS = 2
 MICROBATCHES = 4
 WIDTH = 5
-# (generator, chunks): fused 1F1B, split-backward ZB-H1, a V-shape (two stages per rank, one pair adjacent),
-# and interleaved 1F1B (looped placement).
-CASES = [("1f1b", 1), ("zb-h1", 1), ("v-half", 1), ("v-zb", 1), ("zb-v", 1), ("interleaved-1f1b", 2)]
+# (generator, chunks): fused 1F1B, split-backward ZB-H1, V-shapes (two stages per rank, one pair adjacent;
+# DualPipeV with full and deferred-W backwards), and interleaved 1F1B (looped placement).
+CASES = [
+    ("1f1b", 1),
+    ("zb-h1", 1),
+    ("v-half", 1),
+    ("v-zb", 1),
+    ("zb-v", 1),
+    ("dualpipev", 1),
+    ("interleaved-1f1b", 2),
+]
 
 
 def model(stages: int) -> list[nn.Module]:

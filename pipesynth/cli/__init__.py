@@ -89,7 +89,8 @@ app = typer.Typer(
     name="pipesynth",
     cls=OneLineErrors,
     help="Plan, check, draw and run pipeline-parallel training schedules.\n\n"
-    "Every command takes -h with an example; bad input exits 2 with one `error:` line.",
+    "Every command takes -h with an example; bad input exits 2 with one `error:` line (--debug or "
+    f"{DEBUG_VARIABLE}=1 adds the traceback).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -137,8 +138,18 @@ def root(
     log_level: str = typer.Option(
         "info", "--log-level", help=f"Library messages to show: {', '.join(LOG_LEVELS)}.", callback=configure_logging
     ),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help=f"Show the traceback before an error line. Taken anywhere on the command line; {DEBUG_VARIABLE}=1 "
+        "does the same.",
+    ),
 ) -> None:
-    """Options of every command: version and library logging."""
+    """Options of every command: version, library logging and tracebacks.
+
+    `--debug` is listed here for the help alone: `OneLineErrors.main` takes it out of the arguments wherever
+    it stands (after the command too), so its value here is always False.
+    """
 
 
 def echo_error(message: str) -> None:

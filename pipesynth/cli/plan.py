@@ -14,7 +14,7 @@ from pipesynth.formats.schedule_json import load_problem
 from pipesynth.plan.costs import model_costs, with_profile
 from pipesynth.plan.job import ATTENTION, OPTIMIZERS, PRECISIONS, RECOMPUTE, Device, Job, Training, read_hf_config
 from pipesynth.plan.plan_file import megatron_layout, save_plan
-from pipesynth.plan.search import Candidate, PlanResult, plan_job, plan_output, with_recompute
+from pipesynth.plan.search import NOT_BUILT, Candidate, PlanResult, plan_job, plan_output
 
 
 def _bytes(text: str, option: str) -> float:
@@ -62,15 +62,17 @@ def print_table(result: PlanResult) -> None:
     for base in sorted(result.baselines, key=lambda b: (not b.fits(budget), b.makespan)):
         typer.echo(_row(base, budget, f"{base.label} (even)"))
     for name, why in result.skipped.items():
-        typer.echo(f"{name + ' (even)':<28} not applicable: {why}")
+        typer.echo(f"{name + ' (even)':<28} {why if why == NOT_BUILT else 'not applicable: ' + why}")
     fitting = [b for b in result.baselines if b.fits(budget)]
     if fitting:
         best = min(fitting, key=lambda b: b.makespan)
         gain = 1 - result.plan.makespan / best.makespan
         typer.echo(f"plan vs the best evenly split schedule that fits ({best.label}): {100 * gain:.1f}% shorter step")
+    elif NOT_BUILT in result.skipped.values():
+        typer.echo("none of the evenly split schedules built within the time limit fits this budget; the plan does")
     else:
         typer.echo("no evenly split handcrafted schedule fits this budget; the plan does")
-    quick = with_recompute(job, result.costs)
+    quick = result.recompute_hint
     if quick is not None and quick.makespan < 0.95 * result.plan.makespan:
         typer.echo(
             f"hint: with --recompute full, {quick.label} on layers {','.join(map(str, quick.partition.layers))} "
@@ -101,7 +103,9 @@ def plan(
     profile: Annotated[
         Path | None, typer.Option(help="Measured per-layer problem (pipesynth profile) replacing the analytic figures.")
     ] = None,
-    time_limit: Annotated[float, typer.Option("--time-limit", "-t", help="Seconds of search.", min=1)] = 20.0,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", "-t", help="Seconds of search, the evenly split baselines included.", min=1)
+    ] = 20.0,
     workers: Annotated[int, typer.Option(help="CP-SAT worker threads.", min=1)] = 2,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan (schedule file) here.")] = None,
 ) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
 
 from pipesynth.cli import command
-from pipesynth.core.problem import PLACEMENTS, placement_for
+from pipesynth.core.problem import PLACEMENTS, check_size, check_value, placement_for
 from pipesynth.core.units import format_bytes
 from pipesynth.errors import PipesynthError
 from pipesynth.formats.files import check_writable, write_text_atomic
@@ -17,6 +18,8 @@ from pipesynth.formats.schedule_json import load_with_sections, save_problem
 FILE = typer.Argument(..., help="A pipesynth.schedule/1 JSON file (a plan file too).", show_default=False)
 REPORT = typer.Option(None, help="Write per-step losses, per-rank times and memory here (JSON).")
 OUTPUT = typer.Option(..., "--output", "-o", help="Problem file to write (us, bytes).", show_default=False)
+#: Most measured (and warm-up) runs of each pass `profile` takes: enough for a stable median.
+MAX_REPEATS = 1000
 
 
 @command()
@@ -33,7 +36,9 @@ def train(
     steps: int = typer.Option(20, min=1, help="Training steps."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the model weights and the data."),
     ranks: int = typer.Option(None, help="Ranks to start: the schedule's devices (default), or 1 for the reference."),
-    microbatch_size: int = typer.Option(None, min=1, help="Sequences per microbatch. Default: 2, or the plan's."),
+    microbatch_size: int = typer.Option(
+        None, min=1, help="Sequences per microbatch (at most 65,536 tokens). Default: 2, or the plan's."
+    ),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
     device: str = typer.Option("cpu", help="cpu (gloo) or cuda (NCCL, one GPU per rank)."),
     timeout: float = typer.Option(60.0, help="Seconds any rank may wait on a peer before all ranks stop."),
@@ -111,16 +116,18 @@ def profile(
     dim: int = typer.Option(64, min=8, help="Width of the tiny GPT."),
     seq_len: int = typer.Option(32, min=1, help="Sequence length."),
     microbatch_size: int = typer.Option(2, min=1, help="Sequences per microbatch."),
-    repeats: int = typer.Option(10, min=1, help="Measured runs of each pass (the median is kept)."),
-    warmup: int = typer.Option(3, min=0, help="Unmeasured runs first."),
-    threads: int = typer.Option(1, min=1, help="torch threads while profiling: what each rank will use."),
+    repeats: int = typer.Option(10, min=1, max=MAX_REPEATS, help="Measured runs of each pass (the median is kept)."),
+    warmup: int = typer.Option(3, min=0, max=MAX_REPEATS, help="Unmeasured runs first."),
+    threads: int = typer.Option(1, min=1, help="torch threads while profiling (at most the CPUs): as each rank."),
     device: str = typer.Option("cpu", help="cpu, or cuda (the stages run on the current GPU)."),
     comm: float = typer.Option(None, help="P2P latency in us; default: measure it between two local ranks."),
 ) -> None:
     """Profile stage times and activation bytes into a problem.
 
     Each stage's F, B, W times (us) and activation bytes, written as the
-    planning problem that `pipesynth solve --problem` reads.
+    planning problem that `pipesynth solve --problem` reads. The tiny GPT
+    is built here: at most 50 million parameters, 65,536 tokens per
+    microbatch and 2^24 hidden values (tokens x dim x blocks).
 
     Example: pipesynth profile --devices 2 --placement v --microbatches 8 -o problem.json
     """
@@ -128,6 +135,12 @@ def profile(
         raise PipesynthError(f"model: unknown {model!r}; available: tiny-gpt (profile your own with the Python API)")
     check_writable(output)
     stages = len(placement_for(placement, devices, chunks))
+    check_size(devices, microbatches, stages, 3 if split_backward else 2)
+    if comm is not None:
+        check_value(comm, "comm")
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        raise PipesynthError(f"threads: {threads}; this machine has {cpus} CPUs")
     import torch  # noqa: F401  (only here: `import pipesynth` must not need torch)
 
     from pipesynth.runtime.launch import backend_for
@@ -135,6 +148,7 @@ def profile(
     from pipesynth.runtime.profile import profile_stages
 
     cfg = GPTConfig(seq_len=seq_len, dim=dim, blocks=blocks)
+    cfg.check(microbatch_size)
     if blocks < stages:
         raise PipesynthError(
             f"model: the tiny GPT has {blocks} blocks and cannot be split into {stages} stages "

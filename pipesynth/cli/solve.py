@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +15,13 @@ from pipesynth.cli import command, emit
 from pipesynth.cli.check import summary
 from pipesynth.cli.options import parse_cost, parse_numbers
 from pipesynth.core.problem import PLACEMENTS, Problem, make_problem, parse_cap
+from pipesynth.core.schedule import Schedule
 from pipesynth.core.units import format_time
 from pipesynth.errors import PipesynthError
-from pipesynth.formats.files import check_writable
-from pipesynth.formats.schedule_json import dumps, load_problem, save
+from pipesynth.formats.files import check_writable, write_text_atomic
+from pipesynth.formats.schedule_json import dumps, load_problem_with_sections
 from pipesynth.interrupts import deferred, exit_code_of, signal_name
+from pipesynth.plan.plan_file import DeviceMemory, PlanSection, dumps_plan
 from pipesynth.solver import ProgressEvent, SolveResult, SolverParams
 from pipesynth.solver import solve as run_solver
 
@@ -46,10 +49,15 @@ def build_problem(
     kept_for_w: str | None,
     fused: bool,
     memory: str | None,
-) -> Problem:
-    """The problem from a file, or from the flags; `--memory` sets or overrides the cap."""
+) -> tuple[Problem, PlanSection | None]:
+    """The problem from a file, or from the flags; `--memory` sets or overrides the cap.
+
+    A plan file's plan comes back too, unless `--memory` changes the cap it was planned for.
+    """
+    plan = None
     if problem_file is not None:
-        problem = load_problem(problem_file)
+        problem, sections = load_problem_with_sections(problem_file)
+        plan = sections.get("plan")
     else:
         if devices is None or microbatches is None:
             raise PipesynthError("give --devices and --microbatches, or --problem FILE")
@@ -66,7 +74,24 @@ def build_problem(
         )
     if memory is not None:
         problem = problem.with_cap(parse_cap(memory, problem))
-    return problem
+        if plan is not None:
+            typer.echo(
+                f"note: {problem_file}'s plan (layer split, memory per GPU) is left out of the output: --memory "
+                "changes the cap it was planned for (run pipesynth plan again to plan for another memory)",
+                err=True,
+            )
+            plan = None
+    return problem, plan
+
+
+def with_plan(schedule: Schedule, plan: PlanSection | None) -> str:
+    """The schedule file's text; a plan read with the problem is carried over with the new schedule's
+    activation peaks and step time (its split and static bytes stay)."""
+    if plan is None:
+        return dumps(schedule)
+    peaks = schedule.metrics.peak_memory
+    memory = tuple(DeviceMemory(m.static, peak) for m, peak in zip(plan.memory, peaks))
+    return dumps_plan(schedule, replace(plan, memory=memory, step_time_us=schedule.metrics.makespan))
 
 
 class ProgressPrinter:
@@ -127,7 +152,7 @@ def solve(
     Example: pipesynth solve -d 8 -m 32 --placement v --memory 0.5x --cost F=3,B=4,W=2 -t 30 -o out.json
     """
     check_writable(output)
-    problem = build_problem(
+    problem, plan = build_problem(
         problem_file, devices, microbatches, placement, chunks, cost, comm, activation, kept_for_w, fused, memory
     )
     params = SolverParams(workers=workers, seed=seed, deterministic=deterministic)
@@ -159,10 +184,11 @@ def solve(
         if "error" in outcome:
             raise outcome["error"]
         result = outcome["result"]
+        text = with_plan(result.schedule, plan)
         if output is None:
-            emit(dumps(result.schedule), rescue_as="solved.json")
+            emit(text, rescue_as="solved.json")
         else:
-            save(result.schedule, output, rescue=True)
+            write_text_atomic(output, text, rescue=True)
     where = "" if output is None else f" -> {output}"
     bound = format_time(result.lower_bound, problem.units)
     cp_sat = "-" if result.cp_sat_bound is None else format_time(result.cp_sat_bound, problem.units)

@@ -119,3 +119,4 @@ from pipesynth.construct import linear  # noqa: E402,F401,I001  (first: gpipe an
 from pipesynth.construct import interleaved  # noqa: E402,F401
 from pipesynth.construct import zero_bubble  # noqa: E402,F401
 from pipesynth.construct import vshape  # noqa: E402,F401
+from pipesynth.construct import dualpipe  # noqa: E402,F401

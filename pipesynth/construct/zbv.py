@@ -6,7 +6,8 @@ per-device order, timing each pass as it is placed:
 
 1. warm-up: chunk-0 forwards down the pipeline; from the last device up,
    each device adds chunk-0 forwards (with the devices above it, in step)
-   while it waits for its first chunk-1 forward and keeps room for it; then
+   while it waits for its first chunk-1 forward and keeps room for it, and
+   every device of the step has room (activations and caps may differ); then
    forward counts are evened out across devices;
 2. rounds, each giving every device one B (chunk-0 B's first, from the last
    device up, then chunk-1 B's down) and one F; a W runs before a pass only
@@ -107,12 +108,7 @@ class _Builder:
         for i in reversed(range(d)):
             if i < d - 1:
                 t = self.arrival("F", 1, i)
-                while (
-                    t is not None
-                    and self.fits(0, i, 2 + 2 * i)
-                    and self.now[i] + self.p.cost("F", i) <= t + EPS
-                    and self.count[("F", 0, i)] < m - i
-                ):
+                while t is not None and self.warm_up_step_has_room(i, t):
                     for k in range(i + 1):
                         self.put("F", 0, k)
             self.put("F", 1, i)
@@ -126,6 +122,23 @@ class _Builder:
                     if self.count[("F", chunk, k)] < m and self.arrival("F", chunk, k) is not None:
                         self.put("F", chunk, k)
                 chunk = 1 - chunk
+
+    def warm_up_step_has_room(self, i: int, chunk1_arrival: float) -> bool:
+        """Whether devices 0..i can each take one more chunk-0 forward before device i's first chunk-1 F.
+
+        Device i keeps room for the 2 + 2i chunk units the paper reserves and
+        must not idle-wait past its chunk-1 input; every device above it must
+        fit the forward too (its own activation and cap), or its put fails,
+        device i's never becomes ready and the step would repeat for ever.
+        With room on all of them every put succeeds, so each step advances
+        device i's count towards m - i: the warm-up ends.
+        """
+        return (
+            self.fits(0, i, 2 + 2 * i)
+            and self.now[i] + self.p.cost("F", i) <= chunk1_arrival + EPS
+            and self.count[("F", 0, i)] < self.m - i
+            and all(self.fits(0, k) and self.count[("F", 0, k)] < self.m for k in range(i))
+        )
 
     def forwards(self, i: int) -> int:
         return self.count[("F", 0, i)] + self.count[("F", 1, i)]

@@ -12,11 +12,18 @@ file it points to is replaced and the link stays. A device, pipe or socket
 unusable output before any work starts; `rescue=True` saves what could not
 be written next to the target, or in the temporary folder, and names it in
 the error, so long work (a search, a training run) is never lost.
+
+A temporary file is named `.NAME.PID.XXXXXXXX.tmp` (the writer's process id,
+then mkstemp's eight random characters). A writer killed outright (SIGKILL)
+leaves its temporary file behind; the next write of NAME removes every file
+of exactly that form whose process is no longer running on this machine,
+and nothing else (another writer's file, still being written, is kept).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -100,7 +107,7 @@ def write_new_file(folder: Path, name: str, data: bytes, mode: int) -> str:
     The only place bytes reach the disk: tests replace it to simulate a full
     disk or a read-only folder.
     """
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -111,6 +118,52 @@ def write_new_file(folder: Path, name: str, data: bytes, mode: int) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return tmp
+
+
+#: The part of a temporary file's name after `.NAME.`: the writer's process id, mkstemp's random characters.
+TEMPORARY_TAIL = re.compile(r"(\d+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary files of `target` (`.NAME.PID.XXXXXXXX.tmp` in its folder) whose writer is no
+    longer running: what a writer killed outright left behind. Returns the files removed.
+
+    Only that exact form is touched, and only when process PID does not exist
+    here (a live writer of the same output keeps its file); a file that cannot
+    be removed is left, since the write itself does not need it gone.
+    """
+    head = f".{target.name}."
+    removed = []
+    try:
+        names = [e.name for e in os.scandir(target.parent) if e.name.startswith(head)]
+    except OSError:
+        return removed
+    for name in names:
+        tail = TEMPORARY_TAIL.fullmatch(name[len(head) :])
+        if tail is None or _running(int(tail.group(1))):
+            continue
+        stale = target.parent / name
+        try:
+            if stale.is_symlink() or not stale.is_file():
+                continue
+            stale.unlink()
+        except OSError:
+            continue
+        removed.append(stale)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (another user's included)."""
+    if pid <= 0:
+        return True  # not a process id we write: leave the file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, OSError):  # another user's process (EPERM), or no process id at all
+        return True
+    return True
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, rescue: bool = False) -> Path:
@@ -127,6 +180,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, rescue: boo
                 f.write(data)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(target)
             tmp = write_new_file(target.parent, target.name, data, _mode_for(target))
             try:
                 os.replace(tmp, target)
@@ -175,7 +229,7 @@ def keep_elsewhere(name: str, data: bytes, folders: list[Path]) -> str:
     for folder in [*folders, Path(tempfile.gettempdir())]:
         try:
             kept = Path(write_new_file(folder, name, data, 0o600))
-            unique = kept.name.removeprefix(f".{name}.").removesuffix(".tmp")
+            unique = kept.name.removesuffix(".tmp").rsplit(".", 1)[1]
             saved = folder / f"{name}.rescued-{unique}"
             try:
                 os.replace(kept, saved)

@@ -382,11 +382,17 @@ def load(path: str | os.PathLike[str], validate: bool = True) -> Schedule:
 
 def load_problem(path: str | os.PathLike[str]) -> Problem:
     """A problem file: the `problem` object alone, or a whole schedule file (which must be valid)."""
+    return load_problem_with_sections(path)[0]
+
+
+def load_problem_with_sections(path: str | os.PathLike[str]) -> tuple[Problem, dict[str, Any]]:
+    """`load_problem`, with the file's registered sections (a plan) when it is a schedule file."""
     text = read_text(path)
     data = parse_json(text, str(path))
     if isinstance(data, dict) and {"format", "problem", "actions"} & set(data):
-        return _schedule_and_sections(data, len(text), validate=True)[0].problem
-    return problem_from_dict(data, path="")
+        schedule, sections = _schedule_and_sections(data, len(text), validate=True)
+        return schedule.problem, sections
+    return problem_from_dict(data, path=""), {}
 
 
 def save(schedule: Schedule, path: str | os.PathLike[str], *, rescue: bool = False) -> None:

@@ -11,10 +11,19 @@ generators are rebuilt under the split's real cap, and the CP-SAT solver
 polishes the best candidate under that cap. Memory is whole: a device's
 static bytes (weights, gradients, optimizer states) plus the activation
 peak of its schedule, against the GPU's budget (docs/design.md section 9).
+
+The time limit holds for the whole search, the baselines included: every
+unit of work (a generator build, a timing, a solve) starts only before the
+deadline and while the caller's stop event is clear, so at a thousand layers
+on 256 GPUs the search ends one unit past the limit with the best plan found
+so far (a baseline not built by then is listed as such), or says that none
+fitting was found in time.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -39,11 +48,15 @@ from pipesynth.plan.partition import (
     stage_problem,
 )
 from pipesynth.plan.plan_file import DeviceMemory, PlanSection
-from pipesynth.solver import solve
+from pipesynth.solver import SolverParams, solve
 from pipesynth.solver.background import Background
 
 #: Generators that shape their schedule to a memory cap (rebuilt under the split's cap).
 CAP_AWARE = ("v-min", "v-half", "v-zb", "zb-v")
+#: Share of the time limit the slow (V-shape) baseline builders get at most; what follows gets the rest.
+SLOW_BASELINES_SHARE = 0.75
+#: Why an evenly split baseline is missing from the table when the search ran out of time first.
+NOT_BUILT = "not built within the time limit"
 
 
 @dataclass
@@ -95,9 +108,10 @@ class PlanResult:
     costs: ModelCosts
     plan: Candidate
     baselines: list[Candidate]
-    skipped: dict[str, str]  # generator -> why it has no baseline
+    skipped: dict[str, str]  # generator -> why it has no baseline (a failed build, or NOT_BUILT)
     seconds: float
     solver: dict = field(default_factory=dict)
+    recompute_hint: Candidate | None = None  # with_recompute's plan, when the search had time for it
 
 
 def _generators(layout: Layout) -> list[str]:
@@ -113,6 +127,7 @@ def inflight(problem: Problem, order: list[list[tuple[Op, int, int]]]) -> tuple[
     at_peak = [0] * problem.stages
     for dev in order:
         level = peak = 0.0
+        mine = {st for _, st, _ in dev}
         for op, stage, _ in dev:
             level += memory_delta(problem, op, stage)
             if op == "F":
@@ -122,7 +137,7 @@ def inflight(problem: Problem, order: list[list[tuple[Op, int, int]]]) -> tuple[
                 counts[stage] -= 1
             if op == "F" and level > peak:
                 peak = level
-                for s in {st for _, st, _ in dev}:
+                for s in mine:
                     at_peak[s] = counts[s]
     return most, at_peak
 
@@ -165,15 +180,20 @@ def build_generator(name: str, problem: Problem) -> Schedule | str:
 
 
 class _Search:
-    """One planning run: the job's costs, its budget and a deadline."""
+    """One planning run: the job's costs, its budget, a deadline and a stop event (either ends it)."""
 
-    def __init__(self, job: Job, costs: ModelCosts, deadline: float) -> None:
+    def __init__(self, job: Job, costs: ModelCosts, deadline: float, stop: threading.Event | None = None) -> None:
         self.job = job
         self.costs = costs
         self.budget = job.device.budget
         self.deadline = deadline
+        self.stop = stop or threading.Event()
         self.devices = job.gpus
         self.microbatches = job.training.microbatches
+
+    def has_time(self, until: float | None = None) -> bool:
+        """Whether another unit of work may start: before the deadline (and `until`), the stop event clear."""
+        return not self.stop.is_set() and time.monotonic() < min(self.deadline, until or self.deadline)
 
     def problem(self, layout: Layout, partition: Partition, split: bool, capped: bool = False) -> Problem:
         return stage_problem(
@@ -203,6 +223,39 @@ class _Search:
             for name, layout, part in names
         ]
 
+    def proposals(
+        self,
+        wanted: list[tuple[str, Layout, Partition]],
+        built: list[Schedule | str | None],
+        until: float,
+        baselines: list[Candidate],
+        skipped: dict[str, str],
+    ) -> list[Candidate]:
+        """Each built baseline (added to `baselines`; a missing one to `skipped`: its builder's error, or
+        NOT_BUILT when `until` or the stop came first) timed on the splits its memory allows: the better."""
+        found = []
+        for (name, layout, even), schedule in zip(wanted, built):
+            if not isinstance(schedule, Schedule):
+                skipped[name] = schedule or (NOT_BUILT if not self.has_time(until) else "the builder failed")
+                continue
+            base = self.candidate(name, layout, even, schedule)
+            baselines.append(base)
+            found.append(self.on_its_splits(base))
+        return found
+
+    def on_its_splits(self, base: Candidate) -> Candidate:
+        """`base`'s order timed on the splits its memory allows, while there is time: the best of them."""
+        best = base
+        # Two estimates of what a split will hold: every stage at its own most (safe), or as at the peaks.
+        for held in inflight(base.problem, base.order):
+            if not self.has_time():
+                break
+            split = base.problem.split_backward
+            proposal = best_partition(self.costs, base.layout.placement, self.devices, held, split, self.budget)
+            if proposal is not None:
+                best = self.better(best, self.retime(base, proposal))
+        return best
+
     def retime(self, base: Candidate, partition: Partition) -> Candidate | None:
         """The same order on another partition's costs; None if that partition is not a valid split."""
         try:
@@ -223,7 +276,7 @@ class _Search:
     def improve(self, start: Candidate, evaluations: int, until: float) -> Candidate:
         """Hill-climb on the step time: move one decoder layer across one stage boundary at a time."""
         best = start
-        while evaluations > 0 and time.monotonic() < until:
+        while evaluations > 0 and self.has_time(until):
             counts = list(best.partition.layers)
             moves = []
             for s in range(len(counts) - 1):
@@ -235,6 +288,8 @@ class _Search:
                         moves.append(Partition(tuple(moved)))
             found = None
             for partition in moves[:evaluations]:
+                if not self.has_time(until):
+                    break
                 found = self.better(found, self.retime(best, partition))
             evaluations -= len(moves)
             if found is None or self.better(best, found) is best:
@@ -248,24 +303,34 @@ def _start(jobs: list[tuple], children: int) -> list[Background]:
     return [Background(jobs[k::children]) for k in range(min(children, len(jobs)))]
 
 
-def _collect(running: list[Background], count: int, deadline: float | None) -> list:
-    """The `count` jobs' results in job order (None for one that failed or missed `deadline`)."""
+def _collect(running: list[Background], count: int, deadline: float, stop: threading.Event) -> list:
+    """The `count` jobs' results in job order (None for one that failed, missed `deadline` or `stop`)."""
     results: list = [None] * count
     for k, worker in enumerate(running):
-        for n, result in enumerate(worker.collect(deadline)):
+        for n, result in enumerate(worker.collect(deadline, stop)):
             results[k + n * len(running)] = result
     return results
 
 
-def plan_job(job: Job, costs: ModelCosts | None = None, time_limit: float = 30.0, workers: int = 2) -> PlanResult:
+def plan_job(
+    job: Job,
+    costs: ModelCosts | None = None,
+    time_limit: float = 30.0,
+    workers: int = 2,
+    stop: threading.Event | None = None,
+) -> PlanResult:
     """The fastest plan found for `job` whose static bytes plus activation peak fit every GPU.
 
-    time_limit: the wall-clock target of the whole search. The evenly split
-    baselines are always built to the end (the slow V-shape builders in
-    `workers` child processes side by side); what follows (improving splits,
-    rebuilding under the cap, CP-SAT) gets the rest, and at least a quarter
-    of it. Raises InfeasibleError saying what would fit when nothing does
-    (a layer larger than a GPU, or too little memory overall).
+    time_limit: the wall-clock limit of the whole search. Limited 1F1B and
+    the evenly split baselines come first (the slow V-shape builders in
+    `workers` child processes side by side, for three quarters of the limit
+    at most), then improving splits, rebuilding under the cap and CP-SAT,
+    each for a share of what is left. No unit of work starts after the
+    limit or once `stop` is set: the best plan so far is returned, the
+    baselines not built are in `skipped` as NOT_BUILT, and a PipesynthError
+    says so if no plan that fits was found by then. Raises InfeasibleError
+    saying what would fit when nothing can (a layer larger than a GPU, or
+    too little memory overall).
     """
     started = time.monotonic()
     costs = costs or model_costs(job)
@@ -275,7 +340,7 @@ def plan_job(job: Job, costs: ModelCosts | None = None, time_limit: float = 30.0
             f"at most {costs.layers + 2} (each stage needs a layer)"
         )
     check_layers_fit(costs, job.device.budget)
-    search = _Search(job, costs, started + time_limit)
+    search = _Search(job, costs, started + time_limit, stop)
     budget = search.budget
     all_layouts = layouts(job.gpus, costs.layers)
     wanted = [
@@ -286,26 +351,16 @@ def plan_job(job: Job, costs: ModelCosts | None = None, time_limit: float = 30.0
     slow = [w for w in wanted if w[1].kind == "v"]
     fast = [w for w in wanted if w[1].kind != "v"]
     running = _start(search.build_jobs(slow, False), workers)
-    built = [fn(*args) for fn, args in search.build_jobs(fast, False)]
-    built += _collect(running, len(slow), None)
+    limited = _limited_1f1b(search)  # no build, and what fits when memory is tight: first
+    built = [fn(*args) if search.has_time() else None for fn, args in search.build_jobs(fast, False)]
     baselines: list[Candidate] = []
     skipped: dict[str, str] = {}
-    pool: list[Candidate] = []
-    for (name, layout, even), schedule in zip(fast + slow, built):
-        if not isinstance(schedule, Schedule):
-            skipped[name] = schedule or "the builder failed"
-            continue
-        base = search.candidate(name, layout, even, schedule)
-        baselines.append(base)
-        found = base
-        # Two estimates of what a split will hold: every stage at its own most (safe), or as at the peaks.
-        for held in inflight(base.problem, base.order):
-            proposal = best_partition(costs, layout.placement, job.gpus, held, base.problem.split_backward, budget)
-            if proposal is not None:
-                found = search.better(found, search.retime(base, proposal))
-        pool.append(found)
-    pool += _limited_1f1b(search)
-    search.deadline = max(search.deadline, time.monotonic() + 0.25 * time_limit)
+    pool = search.proposals(fast, built, search.deadline, baselines, skipped)
+    slow_until = min(search.deadline, started + SLOW_BASELINES_SHARE * time_limit)
+    slow_built = _collect(running, len(slow), slow_until, search.stop)
+    pool += search.proposals(slow, slow_built, slow_until, baselines, skipped)
+    pool += limited
+    recompute_hint = with_recompute(job, costs, search.deadline, search.stop)
     pool.sort(key=lambda c: (not c.fits(budget), c.makespan))
     # Improve the three most promising splits (a third of the time left), then rebuild the cap-aware
     # generators under their best split's real cap (another third) while CP-SAT waits for the rest.
@@ -315,8 +370,10 @@ def plan_job(job: Job, costs: ModelCosts | None = None, time_limit: float = 30.0
     capped = [
         (c.generator, c.layout, c.partition) for c in pool if c.generator in CAP_AWARE and max(c.static) <= budget
     ]
+    if not search.has_time():
+        capped = []
     rebuild_until = time.monotonic() + (search.deadline - time.monotonic()) / 2
-    rebuilt = _collect(_start(search.build_jobs(capped, True), workers), len(capped), rebuild_until)
+    rebuilt = _collect(_start(search.build_jobs(capped, True), workers), len(capped), rebuild_until, search.stop)
     for (name, layout, part), schedule in zip(capped, rebuilt):
         if isinstance(schedule, Schedule):
             pool.append(search.candidate(name, layout, part, schedule, "capped"))
@@ -325,11 +382,11 @@ def plan_job(job: Job, costs: ModelCosts | None = None, time_limit: float = 30.0
         best = search.better(best, cand)
     solver: dict = {}
     if best is None or not best.fits(budget):
-        best, solver = _least_memory_plan(search, all_layouts, workers)
+        best, solver = _least_memory_plan(search, all_layouts, workers, time_limit)
     else:
         best, solver = _polish(search, best, workers)
     assert best.fits(budget), "a plan over the budget must never be returned"
-    return PlanResult(job, costs, best, baselines, skipped, time.monotonic() - started, solver)
+    return PlanResult(job, costs, best, baselines, skipped, time.monotonic() - started, solver, recompute_hint)
 
 
 def _limited_1f1b(search: _Search) -> list[Candidate]:
@@ -341,6 +398,8 @@ def _limited_1f1b(search: _Search) -> list[Candidate]:
         return []
     out = []
     for limit in sorted({d, -(-3 * d // 4), -(-d // 2), -(-d // 3), -(-d // 4), 2, 1}, reverse=True):
+        if not search.has_time():
+            break
         held = [min(d - s, limit, m) for s in range(d)]
         partition = best_partition(search.costs, layout.placement, d, held, False, search.budget)
         if partition is None:
@@ -353,29 +412,29 @@ def _limited_1f1b(search: _Search) -> list[Candidate]:
     return out
 
 
-def with_recompute(job: Job, costs: ModelCosts) -> Candidate | None:
+def with_recompute(
+    job: Job, costs: ModelCosts, deadline: float = math.inf, stop: threading.Event | None = None
+) -> Candidate | None:
     """The fastest quick plan (1F1B and ZB-H1 on the even split and on the split their memory allows) if
-    every decoder layer were recomputed: for a hint when memory, not compute, limits the plan."""
+    every decoder layer were recomputed: for a hint when memory, not compute, limits the plan. Each build
+    and timing starts only before `deadline` (time.monotonic()) and while `stop` is clear."""
     if job.training.recompute == "full" or costs.source != "analytic":
         return None
     changed = replace(job, training=replace(job.training, recompute="full"))
-    search = _Search(changed, model_costs(changed), time.monotonic())
+    search = _Search(changed, model_costs(changed), deadline, stop)
     layout = Layout("linear", 1, placement_for("linear", job.gpus))
     even = even_partition(search.costs.layers, job.gpus)
     best = None
     for name in ("1f1b", "zb-h1"):
+        if not search.has_time():
+            break
         try:
             base = search.candidate(
                 name, layout, even, GENERATORS[name].build(search.problem(layout, even, name != "1f1b"))
             )
         except PipesynthError:
             continue
-        best = search.better(best, base)
-        for held in inflight(base.problem, base.order):
-            split = base.problem.split_backward
-            proposal = best_partition(search.costs, layout.placement, job.gpus, held, split, search.budget)
-            if proposal is not None:
-                best = search.better(best, search.retime(base, proposal))
+        best = search.better(best, search.on_its_splits(base))
     return best if best is not None and best.fits(search.budget) else None
 
 
@@ -386,18 +445,22 @@ def _solver_info(schedule: Schedule) -> dict:
 def _polish(search: _Search, best: Candidate, workers: int) -> tuple[Candidate, dict]:
     """CP-SAT on the best candidate's split and cap, for the time left; the better of the two stands."""
     left = search.deadline - time.monotonic()
-    if left < 1.0:
+    if left < 1.0 or search.stop.is_set():
         return best, {}
     problem = search.problem(best.layout, best.partition, best.problem.split_backward, capped=True)
-    result = solve(problem, left, workers=workers)
+    result = solve(problem, left, params=SolverParams(workers=workers, stop=search.stop))
     solved = search.candidate("solved", best.layout, best.partition, result.schedule)
     if solved.fits(search.budget) and solved.makespan < best.makespan - 1e-9:
         return solved, _solver_info(result.schedule)
     return best, {**_solver_info(result.schedule), "kept": best.label}
 
 
-def _least_memory_plan(search: _Search, all_layouts: list[Layout], workers: int) -> tuple[Candidate, dict]:
-    """When no generator's schedule fits: the split that fits one microbatch per stage, solved under the cap."""
+def _least_memory_plan(
+    search: _Search, all_layouts: list[Layout], workers: int, time_limit: float
+) -> tuple[Candidate, dict]:
+    """When no generator's schedule fits: the split that fits one microbatch per stage, solved under the cap
+    for the time left. Raises InfeasibleError when no split fits, a PipesynthError when one does but the
+    search has no time left (or was stopped)."""
     costs, job = search.costs, search.job
     for split in (True, False):
         for layout in all_layouts:
@@ -405,8 +468,15 @@ def _least_memory_plan(search: _Search, all_layouts: list[Layout], workers: int)
             partition = best_partition(costs, layout.placement, job.gpus, ones, split, search.budget)
             if partition is None:
                 continue
+            if not search.has_time():
+                why = "the search was stopped" if search.stop.is_set() else f"the {time_limit:g} s time limit passed"
+                raise PipesynthError(
+                    f"time limit: {why} before a plan that fits was found ({job.gpus} GPUs, {costs.layers} "
+                    f"decoder layers; none of the schedules timed so far fits); give a longer --time-limit"
+                )
             problem = search.problem(layout, partition, split, capped=True)
-            result = solve(problem, max(2.0, search.deadline - time.monotonic()), workers=workers)
+            params = SolverParams(workers=workers, stop=search.stop)
+            result = solve(problem, search.deadline - time.monotonic(), params=params)
             return search.candidate("solved", layout, partition, result.schedule), _solver_info(result.schedule)
     raise InfeasibleError(infeasible_message(job, costs))
 
