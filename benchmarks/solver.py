@@ -18,6 +18,7 @@ status.
 
     python benchmarks/solver.py --jobs 1                       # everything, 2-core machine (slow)
     python benchmarks/solver.py --jobs 1 --levels vmin,vhalf --costs 3,4,2 10,12,7 --devices 8 12 16
+    python benchmarks/solver.py --jobs 1 --missing             # the rows the results file lacks
     python benchmarks/solver.py --jobs 8                       # 16 cores: 8 solves at once, 2 cores each
 
 Each solve runs with workers=2 and, where the OS allows, pinned to 2 cores,
@@ -244,6 +245,7 @@ def main() -> None:
     parser.add_argument("--levels", help="only caps at these levels, e.g. vmin,vhalf (anchors: their own caps)")
     parser.add_argument("--costs", nargs="*", help="only these F,B,W, e.g. 3,4,2 10,12,7")
     parser.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs")
+    parser.add_argument("--missing", action="store_true", help="only rows the results file does not have yet")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     anchors = json.loads(ANCHORS.read_text())["instances"]
@@ -262,6 +264,9 @@ def main() -> None:
         old = json.loads(path.read_text())
         if "runs" in old:  # rows of earlier runs in this format are kept
             data = old
+    if args.missing:
+        done = {key(r) for r in data["rows"]}
+        tasks = [t for t in tasks if key(t) not in done]
     run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load = lambda: ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"  # noqa: E731
     data["runs"][run] = {
