@@ -64,3 +64,11 @@ def test_a_start_at_the_lower_bound_is_returned_at_once():
     start = sequential(make_problem(3, 6, "v", cap=3))
     result = improve(start, deterministic(), 5.0, lower_bound=start.metrics.makespan)
     assert result.schedule is start and result.windows == 0
+
+
+def test_deterministic_mode_gives_the_same_schedule_twice():
+    problem = make_problem(3, 6, "v", cost={"F": 3, "B": 4, "W": 2}, comm=1, cap=3)
+    start = sequential(problem)
+    runs = [improve(start, deterministic(), 2.0, window_passes=20) for _ in range(2)]
+    orders = [[[a.key for a in dev] for dev in r.schedule.actions] for r in runs]
+    assert orders[0] == orders[1] and runs[0].windows == runs[1].windows
