@@ -246,9 +246,17 @@ def memory_floor(events: list[tuple[float, float]], t: float, add: float, cap: f
 
 
 def first_gap(busy: list[tuple[float, float]], lo: float, need: float, limit: float) -> float:
-    """Start of the first idle gap of length `need` at or after `lo`; `limit` if none before it."""
+    """Start of the first idle gap of length `need` at or after `lo`; `limit` if none before it.
+
+    `busy` is sorted and its spans do not overlap, so the scan starts at the
+    span that may cover `lo` (found by bisection: this was quadratic at depth).
+    """
     g = lo
-    for a, b in busy:
+    k = bisect.bisect_left(busy, (lo,))
+    if k > 0 and busy[k - 1][1] > lo + EPS:
+        k -= 1
+    for i in range(k, len(busy)):
+        a, b = busy[i]
         if b <= g + EPS:
             continue
         if a >= g + need - EPS:

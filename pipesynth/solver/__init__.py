@@ -21,12 +21,17 @@ from pipesynth.solver.block import search_block
 from pipesynth.solver.bounds import check_cap, lower_bound, makespan_lower_bound, smallest_feasible_cap
 from pipesynth.solver.full import polish
 from pipesynth.solver.hints import generator_jobs, reordered, repeated, sequential
+from pipesynth.solver.lns import improve
 from pipesynth.solver.progress import Progress, ProgressEvent, SolverParams, report
 
 __all__ = ["SolveResult", "solve", "ProgressEvent", "SolverParams", "smallest_feasible_cap", "makespan_lower_bound"]
 
 #: Above this many passes the full model is too big to help in a time limit: the block result stands.
 POLISH_MAX_PASSES = 16_000
+#: From this many passes on, window search (lns.py) gets most of the time left before the polish.
+LNS_MIN_PASSES = 1000
+#: Its share of that time when the polish runs after it.
+LNS_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -113,11 +118,15 @@ def solve(
     if not params.stopped:
         budget = min(max(0.3 * time_limit, 0.5), 30.0)
         found = search_block(problem, params, budget, progress)
-        blocks = [(found.block, found.status), *((b, "feasible") for b in found.others)]
-    for block, status in blocks:
+        blocks = [(found.block, found.status), *((b, "feasible") for b in found.others if b != found.block)]
+    for i, (block, status) in enumerate(blocks):
+        if i and params.now() - mark >= time_limit:
+            break  # each repeat takes a second at depth: once time is up, the found block's is enough
         offer(f"block T={block.interval:g} repeated", repeated(block, problem), block, status)
-    reorders = Background([(reordered, (block, problem)) for block, _ in blocks], inline=params.deterministic)
-    for (block, status), schedule in zip(blocks, reorders.collect(deadline, params.stop)):
+    # A reorder takes minutes at depth and shares the cores with the generators: there, only the best block's.
+    unrolled = blocks if will_polish else blocks[:1]
+    reorders = Background([(reordered, (block, problem)) for block, _ in unrolled], inline=params.deterministic)
+    for (block, status), schedule in zip(unrolled, reorders.collect(deadline, params.stop)):
         offer(f"block T={block.interval:g} reordered", schedule, block, status)
     for schedule in generators.collect(deadline, params.stop):
         offer(schedule.name if schedule is not None else "", schedule)
@@ -127,6 +136,16 @@ def solve(
     report(progress, "hints", f"best start: {base}", elapsed(), makespan=best.metrics.makespan, bound=bound)
     cp_bound = None
     left = time_limit - (params.now() - mark)
+    if (
+        not params.stopped
+        and left > 0.5
+        and best.num_actions >= LNS_MIN_PASSES
+        and best.metrics.makespan > bound + 1e-9
+    ):
+        searched = improve(best, params, LNS_SHARE * left if will_polish else left - 0.2, bound, progress)
+        best = searched.schedule
+        base = f"{base}+lns" if searched.improved else base
+        left = time_limit - (params.now() - mark)
     if not params.stopped and left > 0.5 and best.num_actions <= polish_passes and best.metrics.makespan > bound + 1e-9:
         polished = polish(best, params, left, bound, progress)
         cp_bound = polished.bound

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pipesynth.construct import GENERATORS
 from pipesynth.construct.blocks import Block, repeated_order, unroll
-from pipesynth.core.problem import Problem, placement_for
+from pipesynth.core.problem import Problem, one_f_one_b_peak, placement_for
 from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
@@ -74,10 +74,27 @@ def reordered(block: Block, problem: Problem) -> Schedule | None:
     return None if find_violations(schedule) else schedule
 
 
+#: Generators that adapt to a cap, each with the cap (relative to 1F1B's peak) it reaches without one:
+#: about 1/3 for V-Min, 1/2 for V-Half, 1 for V-ZB (docs/design.md section 2).
+ADAPTING = {"v-min": 1 / 3, "v-half": 1 / 2, "v-zb": 1.0}
+
+
 def generator_jobs(problem: Problem) -> list[Job]:
-    """Build jobs, the generators that adapt to a cap (V-Half, V-Min, V-ZB) first."""
-    names = sorted(applicable(problem), key=lambda n: (n not in ("v-half", "v-min", "v-zb"), n))
-    return [(build, (name, problem)) for name in names]
+    """Build jobs, the generators that adapt to a cap first, the one made for the problem's cap leading.
+
+    At depth a build takes minutes (D = 64, m = 256: about 100 s each on one
+    core), so the one most likely best (the largest natural memory within the
+    cap, then the nearest) comes first and may be all that arrives in time.
+    """
+    level = 1.0 if problem.cap is None else min(c / r for c, r in zip(problem.cap, one_f_one_b_peak(problem)))
+
+    def rank(name: str) -> tuple:
+        natural = ADAPTING.get(name)
+        if natural is None:
+            return (True, 0.0, name)
+        return (False, natural - level if natural > level + 1e-9 else level - natural - 1.0, name)
+
+    return [(build, (name, problem)) for name in sorted(applicable(problem), key=rank)]
 
 
 def handcrafted(problem: Problem) -> list[Schedule]:
