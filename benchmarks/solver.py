@@ -207,7 +207,7 @@ def write(out: Path, data: dict, anchors: list[dict]) -> str:
             f"({info['host']}, {info['cores']} cores; each solve pinned to 2 "
             f"cores, workers=2; started {info['started']}, load average {info['load_start']} at the start"
             + (f", {info['load_end']} at the end, total {info['seconds']:.0f} s" if "seconds" in info else ", running")
-            + f"; {sum(1 for r in rows if r['run'] == run)} rows)"
+            + (f"; {n} rows)" if (n := sum(1 for r in rows if r["run"] == run)) else "; every row rerun later)")
             for run, info in sorted(runs.items())
         ),
         "",
