@@ -90,8 +90,9 @@ class TrainConfig:
         if self.microbatch_size < 1:
             raise PipesynthError(f"microbatch_size: must be at least 1, got {self.microbatch_size}")
         if self.model == "tiny-gpt":
-            self.gpt.check(self.microbatch_size)
-        check_tokens(self.microbatch_size, self.seq_len, "microbatch_size")
+            self.gpt.check(self.microbatch_size)  # its tokens too: seq_len is at most the GPT's
+        else:
+            check_tokens(self.microbatch_size, self.seq_len, "microbatch_size")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise PipesynthError(f"lr: must be a positive finite learning rate, got {self.lr!r}")
 
