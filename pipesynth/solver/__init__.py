@@ -2,7 +2,8 @@
 
 `solve` runs, within one time limit: the smallest feasible cap check, the
 makespan lower bound, every handcrafted schedule that fits, the block search
-(unrolled with the building-block machinery), then the full-schedule polish
+(unrolled with the building-block machinery), the one-device bound where it
+may help, the window search on large problems, then the full-schedule polish
 hinted with the best of those. It never returns anything worse than its best
 starting point, and every schedule it returns has been simulated and validated.
 """
@@ -22,6 +23,8 @@ from pipesynth.solver.bounds import check_cap, lower_bound, makespan_lower_bound
 from pipesynth.solver.full import polish
 from pipesynth.solver.hints import generator_jobs, reordered, repeated, sequential
 from pipesynth.solver.lns import improve
+from pipesynth.solver.one_device import ARGUMENT as ONE_DEVICE
+from pipesynth.solver.one_device import one_device_bound
 from pipesynth.solver.progress import Progress, ProgressEvent, SolverParams, report
 
 __all__ = ["SolveResult", "solve", "ProgressEvent", "SolverParams", "smallest_feasible_cap", "makespan_lower_bound"]
@@ -32,6 +35,8 @@ POLISH_MAX_PASSES = 16_000
 LNS_MIN_PASSES = 1000
 #: Its share of that time when the polish runs after it.
 LNS_SHARE = 0.8
+#: Share of the time left after the starts for the one-device bound, where it may help (one_device.py).
+ONE_DEVICE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class SolveResult:
     lower_bound: float
     gap: float
     seconds: float
-    bound_argument: str = ""  # which argument gave lower_bound (bounds.ARGUMENTS or "cp-sat")
+    bound_argument: str = ""  # which argument gave lower_bound (bounds.ARGUMENTS, "one device" or "cp-sat")
     cp_sat_bound: float | None = None  # CP-SAT's own bound, when the full model ran
 
     @property
@@ -136,6 +141,11 @@ def solve(
     report(progress, "hints", f"best start: {base}", elapsed(), makespan=best.metrics.makespan, bound=bound)
     cp_bound = None
     left = time_limit - (params.now() - mark)
+    if not params.stopped and left > 1.0 and will_polish and best.metrics.makespan > bound + 1e-9:
+        relaxed = one_device_bound(problem, params, ONE_DEVICE_SHARE * left, best, progress)
+        if relaxed is not None and relaxed.value > bound + 1e-9:
+            bound, argument = relaxed.value, ONE_DEVICE
+        left = time_limit - (params.now() - mark)
     if (
         not params.stopped
         and left > 0.5

@@ -141,11 +141,11 @@ def polish(
     return PolishResult(candidate, name, bound, True)
 
 
-def add_memory(model: cp_model.CpModel, scaled: Scaled, start, end) -> None:
-    """Each device's running memory, changed at pass starts, stays within its cap."""
+def add_memory(model: cp_model.CpModel, scaled: Scaled, start, end, devices: list[int] | None = None) -> None:
+    """Each device's (or each of `devices`') running memory, changed at pass starts, stays within its cap."""
     p = scaled.problem
     m = p.microbatches
-    for d in range(p.devices):
+    for d in range(p.devices) if devices is None else devices:
         mine = p.stages_on(d)
         releasing = [op for op in p.ops if op != "F" and scaled.release(op, mine[0]) > 0]
         cap = scaled.cap[d]
