@@ -140,8 +140,8 @@ def one_device_bound(
 
     Devices are ranked by their model on the first `PROBE_MICROBATCHES`
     microbatches; when no device's probe beats the other arguments there, the
-    full models are not run. The two best devices then get the time (60% and
-    the rest).
+    full models are not run. The best device gets the time left; the next one
+    only what it leaves (its model proven optimal early), and so on.
     """
     if problem.cap is None or not Scaled.of(problem).exact:
         return None
@@ -162,10 +162,10 @@ def one_device_bound(
         probes[d] = device_model_bound(cut, d, params, PROBE_SHARE * time_limit / problem.devices) or 0.0
     ranked = sorted((d for d in probes if probes[d] > others + 1e-9), key=lambda d: -probes[d])
     best = None
-    for share, d in zip((0.6, 1.0), ranked):
+    for d in ranked:
         if params.stopped or left() <= 0.05:
             break
-        value = device_model_bound(problem, d, params, share * left(), known)
+        value = device_model_bound(problem, d, params, left(), known)
         if value is not None and (best is None or value > best.value):
             best = DeviceBound(value, d)
             report(progress, "bound", f"device {d} alone: {value:g}", 0.0, bound=value)
