@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -88,3 +90,20 @@ def test_is_not_run_where_it_cannot_help(cap):
     """No cap, or a cap where the probe on a few microbatches beats nothing: no time spent."""
     problem = make_problem(4, 16, "v", cost={"F": 3, "B": 4, "W": 2}, cap=cap)
     assert one_device_bound(problem, SolverParams(workers=2), 10.0) is None
+
+
+def test_two_devices_run_side_by_side_and_the_stronger_counts():
+    """1852,1809,934 with comm 60: the last two devices both beat the other arguments on 8 microbatches."""
+    problem = make_problem(4, 8, "v", cost={"F": 1852, "B": 1809, "W": 934}, comm=60, cap=4)
+    alone = {d: device_model_bound(problem, d, SolverParams(workers=1), 20.0) for d in (2, 3)}
+    found = one_device_bound(problem, SolverParams(workers=2), 20.0)
+    assert found is not None and found.value == max(alone.values()) > lower_bound(problem).value
+
+
+def test_a_stop_ends_both_searches_at_once():
+    problem = make_problem(4, 16, "v", cost={"F": 1852, "B": 1809, "W": 934}, comm=60, cap=4)
+    params = SolverParams(workers=2)
+    threading.Timer(2.0, params.request_stop).start()
+    started = time.monotonic()
+    one_device_bound(problem, params, 60.0)
+    assert time.monotonic() - started < 10.0

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ortools.sat.python import cp_model
 
@@ -75,7 +75,9 @@ class SolverParams:
     def solver(self, time_limit: float) -> cp_model.CpSolver:
         """A CP-SAT solver with these settings, stoppable by `request_stop`."""
         solver = cp_model.CpSolver()
-        self._running[:] = [solver]
+        # Searches may run side by side (params from `shared`): keep the latest few, so a stop reaches each.
+        self._running.append(solver)
+        del self._running[:-4]
         if self.deterministic:
             self._made.append(solver)  # its deterministic time is this search's clock
         prm = solver.parameters
@@ -92,6 +94,10 @@ class SolverParams:
         if self.stopped:
             prm.max_time_in_seconds = 0.0
         return solver
+
+    def shared(self, workers: int) -> SolverParams:
+        """These settings with `workers` threads, for a search run beside others: one stop ends them all."""
+        return replace(self, workers=workers)
 
     def now(self) -> float:
         """The clock budgets are measured on: in deterministic mode, the CP-SAT deterministic time
