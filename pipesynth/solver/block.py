@@ -27,7 +27,7 @@ from ortools.sat.python import cp_model
 
 from pipesynth.construct.blocks import Block
 from pipesynth.core.problem import Problem
-from pipesynth.core.rules import PassId, releasing_passes
+from pipesynth.core.rules import PassId, PassKey, releasing_passes
 from pipesynth.core.simulate import from_order, simulate
 from pipesynth.solver.bounds import heads_and_tails, sequential_order
 from pipesynth.solver.greedy import first_greedy_block
@@ -37,11 +37,15 @@ from pipesynth.solver.scaled import Scaled
 
 @dataclass(frozen=True)
 class BlockModelResult:
-    """Outcome of one block model at one interval (integer, scaled units)."""
+    """Outcome of one block model at one interval (integer, scaled units).
+
+    `offsets` maps (op, stage, r) to the pass's offset for the block's r-th
+    microbatch (r = 0 only, in a one-microbatch block).
+    """
 
     status: str  # "optimal", "feasible", "infeasible" or "unknown"
     interval: int | None
-    offsets: dict[PassId, int] | None
+    offsets: dict[PassKey, int] | None
     length: int | None
 
 
@@ -53,8 +57,15 @@ def solve_block(
     optimize: bool,
     hint: tuple[int, dict[PassId, int]] | None = None,
     horizon: int | None = None,
+    per_block: int = 1,
 ) -> BlockModelResult:
-    """Find a block repeatable every T (the shortest one if `optimize`)."""
+    """Find a block of `per_block` microbatches repeatable every T (the shortest one if `optimize`).
+
+    With k = `per_block` > 1, microbatch r + n k runs the block's r-th
+    offsets plus n T: the microbatches of a period may differ, which one
+    microbatch per period cannot express. They are numbered by their first
+    F, all within the first period.
+    """
     p = scaled.problem
     passes = scaled.passes()
     if any(scaled.c(*k) > T for k in passes):
@@ -63,36 +74,42 @@ def solve_block(
     chain = max(heads[k] + scaled.c(*k) + tails[k] for k in passes)
     if horizon is None:
         horizon = chain + len(passes) * T  # generous: a block may wait up to T per pass
+    copies = range(per_block)
     model = cp_model.CpModel()
     off, rem = {}, {}
-    for op, s in passes:
-        c = scaled.c(op, s)
-        o = model.new_int_var(heads[(op, s)], max(heads[(op, s)], horizon - c - tails[(op, s)]), f"o_{op}{s}")
-        r = model.new_int_var(0, T - 1, f"r_{op}{s}")
-        q = model.new_int_var(0, horizon // T, f"q_{op}{s}")
-        model.add(o == q * T + r)
-        off[(op, s)], rem[(op, s)] = o, r
-    model.add(off[("F", 0)] == 0)
-    for a, b, delay in scaled.edges():
-        model.add(off[b] >= off[a] + scaled.c(*a) + delay)
-    for d in range(p.devices):
-        spans = []
+    for r in copies:
         for op, s in passes:
             c = scaled.c(op, s)
-            if p.placement[s] == d and c > 0:
-                spans.append(model.new_fixed_size_interval_var(rem[(op, s)], c, f"i_{op}{s}"))
-                spans.append(model.new_fixed_size_interval_var(rem[(op, s)] + T, c, f"j_{op}{s}"))
+            o = model.new_int_var(heads[(op, s)], max(heads[(op, s)], horizon - c - tails[(op, s)]), f"o_{op}{s}_{r}")
+            rest = model.new_int_var(0, T - 1, f"r_{op}{s}_{r}")
+            q = model.new_int_var(0, horizon // T, f"q_{op}{s}_{r}")
+            model.add(o == q * T + rest)
+            off[(op, s, r)], rem[(op, s, r)] = o, rest
+    model.add(off[("F", 0, 0)] == 0)
+    for r in copies:
+        for a, b, delay in scaled.edges():
+            model.add(off[(*b, r)] >= off[(*a, r)] + scaled.c(*a) + delay)
+    for r in copies[1:]:
+        model.add(off[("F", 0, r)] >= off[("F", 0, r - 1)] + scaled.c("F", 0))
+        model.add(off[("F", 0, r)] < T)
+    for d in range(p.devices):
+        spans = []
+        for key, rest in rem.items():
+            c = scaled.c(key[0], key[1])
+            if p.placement[key[1]] == d and c > 0:
+                spans.append(model.new_fixed_size_interval_var(rest, c, f"i_{key}"))
+                spans.append(model.new_fixed_size_interval_var(rest + T, c, f"j_{key}"))
         model.add_no_overlap(spans)
     if scaled.cap is not None:
-        add_periodic_memory(model, scaled, T, off, rem, horizon)
+        add_periodic_memory(model, scaled, T, off, rem, horizon, per_block)
     length = model.new_int_var(0, horizon, "length")
-    for k in passes:
-        model.add(length >= off[k] + scaled.c(*k))
+    for key, o in off.items():
+        model.add(length >= o + scaled.c(key[0], key[1]))
     if optimize:
         model.minimize(length)
     if hint and hint[0] == T:
-        for k, v in hint[1].items():
-            model.add_hint(off[k], v)
+        for (op, s), v in hint[1].items():
+            model.add_hint(off[(op, s, 0)], v)
     solver = params.solver(time_limit)
     status = solver.solve(model)
     name = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible"}
@@ -104,31 +121,38 @@ def solve_block(
     return BlockModelResult(name, None, None, None)
 
 
-def add_periodic_memory(model: cp_model.CpModel, scaled: Scaled, T: int, off, rem, horizon: int) -> None:
+def one_microbatch(offsets: dict[PassKey, int]) -> dict[PassId, int]:
+    """A one-microbatch block's offsets by (op, stage)."""
+    return {(op, s): v for (op, s, _), v in offsets.items()}
+
+
+def add_periodic_memory(
+    model: cp_model.CpModel, scaled: Scaled, T: int, off, rem, horizon: int, per_block: int = 1
+) -> None:
     """Exact steady-state memory after every F, per device, under its cap."""
     p = scaled.problem
     releases = releasing_passes(p)
     for d in range(p.devices):
-        mine = p.stages_on(d)
-        # (stage, amount, whole periods q, remainder rho) per segment of held activation
+        mine = [(s, r) for r in range(per_block) for s in p.stages_on(d)]
+        # (stage and copy, amount, whole periods q, remainder rho) per segment of held activation
         segments = []
-        for s in mine:
+        for s, r in mine:
             for op in releases:
                 amount = scaled.release(op, s)
                 if amount <= 0:
                     continue
-                q = model.new_int_var(0, horizon // T, f"lq_{op}{s}")
-                rho = model.new_int_var(0, T - 1, f"lr_{op}{s}")
-                model.add(off[(op, s)] + scaled.c(op, s) - off[("F", s)] == q * T + rho)
-                segments.append((s, amount, q, rho))
-        phase = {}  # (f, s) -> (r_f - r_s) mod T
+                q = model.new_int_var(0, horizon // T, f"lq_{op}{s}_{r}")
+                rho = model.new_int_var(0, T - 1, f"lr_{op}{s}_{r}")
+                model.add(off[(op, s, r)] + scaled.c(op, s) - off[("F", s, r)] == q * T + rho)
+                segments.append(((s, r), amount, q, rho))
+        phase = {}  # (f, s) -> (start of F f - start of F s) mod T, f and s (stage, copy) pairs
         for f in mine:
             for s in mine:
                 if f == s:
                     phase[(f, s)] = 0
                     continue
                 after = model.new_bool_var(f"after_{f}_{s}")
-                rf, rs = rem[("F", f)], rem[("F", s)]
+                rf, rs = rem[("F", *f)], rem[("F", *s)]
                 ph = model.new_int_var(0, T - 1, f"ph_{f}_{s}")
                 model.add(rf >= rs).only_enforce_if(after)
                 model.add(ph == rf - rs).only_enforce_if(after)
@@ -270,22 +294,21 @@ def search_block(
         probes.append((T, res.status))
         report(progress, "block", f"T={T / ts:g}: {res.status}", time.monotonic() - start)
         if res.offsets is not None:
-            known = (T, res.offsets)
+            known = (T, one_microbatch(res.offsets))
         else:
             below = T
     T = known[0]
     best = solve_block(scaled, T, params, left(), optimize=True, hint=known, horizon=horizon)
-    if best.offsets is None:
-        best = BlockModelResult("feasible", T, known[1], None)
+    offsets = known[1] if best.offsets is None else one_microbatch(best.offsets)
     proven = {t for t, st in probes if st == "infeasible"}
     smallest = all(t in proven for t in range(lo, T))
-    length = max(best.offsets[k] + scaled.c(*k) for k in best.offsets)
+    length = max(offsets[k] + scaled.c(*k) for k in offsets)
     status = "optimal" if best.status == "optimal" and smallest else "feasible"
 
     def real(T: int, offsets: dict[PassId, int]) -> Block:
         return Block(problem, T / ts, {k: v / ts for k, v in offsets.items()})
 
-    block = real(best.interval, best.offsets)
+    block = real(T, offsets)
     others = tuple(real(T, off) for T, off in starts)
     news = f"T={block.interval:g}, block length {length / ts:g} ({status})"
     report(progress, "block", news, time.monotonic() - start)
