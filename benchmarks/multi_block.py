@@ -5,7 +5,10 @@ T, with k microbatches per period (`per_block`): k = 1 is the solver's block
 search; k = 2 lets the two microbatches of a period take different offsets.
 For each row: whether a block exists (CP-SAT's status within the time
 limit), and where one does, the plain repeat of it for m = 4D microbatches,
-validated. V placement, V-Min-level cap, F,B,W = 3,4,2, 2 workers.
+validated. V placement, V-Min-level cap, F,B,W = 3,4,2, 2 workers. Blocks
+are at most one microbatch's chain plus 4 periods long (the solver's own
+bound on a block's length is far looser: with it, D = 12, k = 2, T = 47
+ends `unknown` after 300 s).
 
     python benchmarks/multi_block.py                 # every row, 300 s each at most
     python benchmarks/multi_block.py --time-limit 60
@@ -23,9 +26,8 @@ import time
 from pathlib import Path
 
 from pipesynth.core.problem import make_problem
-from pipesynth.core.simulate import from_order
 from pipesynth.core.validate import find_violations
-from pipesynth.solver.block import solve_block
+from pipesynth.solver.block import heads_and_tails_scaled, repeat_block, solve_block
 from pipesynth.solver.progress import SolverParams
 from pipesynth.solver.scaled import Scaled
 
@@ -44,21 +46,6 @@ ROWS = [
 ]
 
 
-def repeat(scaled: Scaled, T: int, per_block: int, offsets: dict, microbatches: int):
-    """Microbatch r + n k at the block's r-th offsets plus n T, in start order per device."""
-    p = scaled.problem
-    timed = sorted(
-        (o + (j // per_block) * T, scaled.c(op, s), (op, s, j))
-        for j in range(microbatches)
-        for (op, s, r), o in offsets.items()
-        if r == j % per_block
-    )
-    order = [[] for _ in range(p.devices)]
-    for _, _, key in timed:
-        order[p.placement[key[1]]].append(key)
-    return from_order(p, order, f"block k={per_block} T={T}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-limit", type=float, default=300.0)
@@ -71,7 +58,8 @@ def main() -> None:
         f"`python benchmarks/multi_block.py --time-limit {args.time_limit:g}` at commit {commit.stdout.strip()} "
         f"({platform.node() or 'host'}, {os.cpu_count()} cores, workers=2, load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the start). V placement, F,B,W = 3,4,2, "
-        "cap at the V-Min level in chunk units; `per microbatch` = T / k; `repeat`: the plain repeat for "
+        "cap at the V-Min level in chunk units; blocks at most one microbatch's chain plus 4T long; "
+        "`per microbatch` = T / k; `repeat`: the plain repeat for "
         "m = 4D microbatches (no reorder), validated.",
         "",
         "| D | cap | k | T | per microbatch | status | seconds | repeat (m = 4D) |",
@@ -81,11 +69,15 @@ def main() -> None:
         problem = make_problem(d, 4 * d, "v", cost={"F": 3, "B": 4, "W": 2}, cap=cap)
         scaled = Scaled.of(problem)
         started = time.monotonic()
-        result = solve_block(scaled, T, SolverParams(workers=2), args.time_limit, optimize=False, per_block=k)
+        heads, tails = heads_and_tails_scaled(scaled)
+        chain = max(heads[p] + scaled.c(*p) + tails[p] for p in heads)
+        result = solve_block(
+            scaled, T, SolverParams(workers=2), args.time_limit, optimize=False, horizon=chain + 4 * T, per_block=k
+        )
         seconds = time.monotonic() - started
         repeated = "-"
         if result.offsets is not None:
-            schedule = repeat(scaled, T, k, result.offsets, 4 * d)
+            schedule = repeat_block(scaled, T, result.offsets, 4 * d)
             assert not find_violations(schedule), find_violations(schedule)[:3]
             repeated = f"{schedule.metrics.makespan:g}"
         status = "block found" if result.offsets is not None else result.status

@@ -1,10 +1,13 @@
-"""Building blocks: checks, lifespans, Eq. 1 memory bound, and unrolling."""
+"""Building blocks: checks, lifespans, Eq. 1 memory bound, unrolling, and blocks of two microbatches."""
 
 import pytest
 
 from pipesynth.construct.blocks import Block, block_violations, lifespans, memory_bound, unroll
 from pipesynth.core.problem import make_problem
-from pipesynth.core.validate import validate
+from pipesynth.core.validate import find_violations, validate
+from pipesynth.solver.block import repeat_block, solve_block
+from pipesynth.solver.progress import SolverParams
+from pipesynth.solver.scaled import Scaled
 
 
 def two_device_block(interval=6.0, **options):
@@ -44,3 +47,14 @@ def test_unroll_validates_within_bound(m):
     validate(s)
     assert s.problem.microbatches == m
     assert all(peak <= bound for peak, bound in zip(s.metrics.peak_memory, memory_bound(b)))
+
+
+def test_a_block_of_two_microbatches_repeats_into_a_valid_schedule_under_the_cap():
+    """k = 2 microbatches per period, each with its own offsets: the repeat keeps every rule and the cap."""
+    problem = make_problem(4, 16, "v", cost={"F": 3, "B": 4, "W": 2}, cap=4)
+    scaled = Scaled.of(problem)
+    found = solve_block(scaled, 42, SolverParams(workers=2), 20.0, optimize=False, per_block=2)
+    assert found.offsets is not None and {r for _, _, r in found.offsets} == {0, 1}
+    schedule = repeat_block(scaled, 42, found.offsets, 16)
+    assert find_violations(schedule) == []
+    assert max(schedule.metrics.peak_memory) <= 4

@@ -28,6 +28,7 @@ from ortools.sat.python import cp_model
 from pipesynth.construct.blocks import Block
 from pipesynth.core.problem import Problem
 from pipesynth.core.rules import PassId, PassKey, releasing_passes
+from pipesynth.core.schedule import Schedule
 from pipesynth.core.simulate import from_order, simulate
 from pipesynth.solver.bounds import heads_and_tails, sequential_order
 from pipesynth.solver.greedy import first_greedy_block
@@ -124,6 +125,22 @@ def solve_block(
 def one_microbatch(offsets: dict[PassKey, int]) -> dict[PassId, int]:
     """A one-microbatch block's offsets by (op, stage)."""
     return {(op, s): v for (op, s, _), v in offsets.items()}
+
+
+def repeat_block(scaled: Scaled, T: int, offsets: dict[PassKey, int], microbatches: int) -> Schedule:
+    """A block of k microbatches repeated: microbatch r + n k at the r-th offsets plus n T, in start order."""
+    p = scaled.problem
+    per_block = 1 + max(r for _, _, r in offsets)
+    timed = sorted(
+        (o + (j // per_block) * T, scaled.c(op, s), (op, s, j))
+        for j in range(microbatches)
+        for (op, s, r), o in offsets.items()
+        if r == j % per_block
+    )
+    order: list[list[PassKey]] = [[] for _ in range(p.devices)]
+    for _, _, key in timed:
+        order[p.placement[key[1]]].append(key)
+    return from_order(p, order, f"block of {per_block} at T={T}")
 
 
 def add_periodic_memory(
