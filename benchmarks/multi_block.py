@@ -6,22 +6,27 @@ search; k = 2 lets the two microbatches of a period take different offsets.
 For each row: whether a block exists (CP-SAT's status within the time
 limit), and where one does, the plain repeat of it for m = 4D microbatches,
 validated. V placement, V-Min-level cap, F,B,W = 3,4,2, 2 workers. Blocks
-are at most one microbatch's chain plus 4 periods long (the solver's own
-bound on a block's length is far looser: with it, D = 12, k = 2, T = 47
-ends `unknown` after 300 s).
+are at most one microbatch's chain plus 4 periods long (tighter than the
+solver's own horizon), so `infeasible` means no block of that length.
 
     python benchmarks/multi_block.py                 # every row, 300 s each at most
     python benchmarks/multi_block.py --time-limit 60
+    python benchmarks/multi_block.py --rows 12:2:47 --seed 1   # one row (D:k:T), CP-SAT seed 1
 
-Writes benchmarks/results/multi_block.md.
+Rows are added to (or replace those in) benchmarks/results/multi_block.json,
+with each found block's offsets, so a claim can be checked by repeating and
+validating the block; multi_block.md is rebuilt from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,44 +51,78 @@ ROWS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-limit", type=float, default=300.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "multi_block.md")
-    args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+def render(data: dict) -> str:
     lines = [
         "# Blocks with one and two microbatches per period",
         "",
-        f"`python benchmarks/multi_block.py --time-limit {args.time_limit:g}` at commit {commit.stdout.strip()} "
-        f"({platform.node() or 'host'}, {os.cpu_count()} cores, workers=2, load average "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the start). V placement, F,B,W = 3,4,2, "
-        "cap at the V-Min level in chunk units; blocks at most one microbatch's chain plus 4T long; "
-        "`per microbatch` = T / k; `repeat`: the plain repeat for "
-        "m = 4D microbatches (no reorder), validated.",
+        "Runs:",
         "",
-        "| D | cap | k | T | per microbatch | status | seconds | repeat (m = 4D) |",
-        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"- {tag}: `{run['command']}` at commit {run['commit']} ({run['host']}, {run['cores']} cores, "
+            f"workers=2, load average {run['load']} at the start)"
+            for tag, run in data["runs"].items()
+        ),
+        "",
+        "V placement, F,B,W = 3,4,2, cap at the V-Min level in chunk units; blocks at most one microbatch's "
+        "chain plus 4T long; `per microbatch` = T / k; `repeat`: the plain repeat for m = 4D microbatches "
+        "(no reorder), validated; found blocks' offsets are in multi_block.json.",
+        "",
+        "| D | cap | k | T | per microbatch | status | seconds | seed | repeat (m = 4D) | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for d, cap, k, T in ROWS:
+    for r in sorted(data["rows"], key=lambda r: (r["D"], r["k"], r["T"])):
+        lines.append(
+            f"| {r['D']} | {r['cap']} | {r['k']} | {r['T']} | {r['T'] / r['k']:g} | {r['status']} "
+            f"| {r['seconds']:.0f} | {r['seed']} | {r['repeat'] if r['repeat'] is not None else '-'} | {r['run']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-limit", type=float, default=300.0)
+    parser.add_argument("--rows", nargs="*", help="only these rows, as D:k:T")
+    parser.add_argument("--seed", type=int, default=0, help="CP-SAT's random seed")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    rows = [r for r in ROWS if not args.rows or f"{r[0]}:{r[2]}:{r[3]}" in args.rows]
+    path = args.out / "multi_block.json"
+    data = json.loads(path.read_text()) if path.exists() else {"runs": {}, "rows": []}
+    tag = f"r{len(data['runs']) + 1}"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    data["runs"][tag] = {
+        "command": "python benchmarks/multi_block.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": commit.stdout.strip(),
+        "host": platform.node() or "host",
+        "cores": os.cpu_count(),
+        "load": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    for d, cap, k, T in rows:
         problem = make_problem(d, 4 * d, "v", cost={"F": 3, "B": 4, "W": 2}, cap=cap)
         scaled = Scaled.of(problem)
-        started = time.monotonic()
         heads, tails = heads_and_tails_scaled(scaled)
         chain = max(heads[p] + scaled.c(*p) + tails[p] for p in heads)
+        started = time.monotonic()
         result = solve_block(
-            scaled, T, SolverParams(workers=2), args.time_limit, optimize=False, horizon=chain + 4 * T, per_block=k
+            scaled,
+            T,
+            SolverParams(workers=2, seed=args.seed),
+            args.time_limit,
+            optimize=False,
+            horizon=chain + 4 * T,
+            per_block=k,
         )
-        seconds = time.monotonic() - started
-        repeated = "-"
+        row = {"D": d, "cap": cap, "k": k, "T": T, "seconds": time.monotonic() - started, "seed": args.seed}
+        row.update(status="block found" if result.offsets is not None else result.status, repeat=None, run=tag)
         if result.offsets is not None:
             schedule = repeat_block(scaled, T, result.offsets, 4 * d)
             assert not find_violations(schedule), find_violations(schedule)[:3]
-            repeated = f"{schedule.metrics.makespan:g}"
-        status = "block found" if result.offsets is not None else result.status
-        lines.append(f"| {d} | {cap} | {k} | {T} | {T / k:g} | {status} | {seconds:.0f} | {repeated} |")
-        print(lines[-1], flush=True)
-        args.out.write_text("\n".join(lines) + "\n")
+            row["repeat"] = schedule.metrics.makespan
+            row["offsets"] = [[op, s, r, o] for (op, s, r), o in sorted(result.offsets.items())]
+        data["rows"] = [r for r in data["rows"] if (r["D"], r["k"], r["T"]) != (d, k, T)] + [row]
+        path.write_text(json.dumps(data, indent=1))
+        (args.out / "multi_block.md").write_text(render(data))
+        print(f"{d} {k} {T}: {row['status']} in {row['seconds']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
