@@ -13,7 +13,7 @@ solver's own horizon), so `infeasible` means no block of that length.
     python benchmarks/multi_block.py --time-limit 60
     python benchmarks/multi_block.py --rows 12:2:47 --seed 1   # one row (D:k:T), CP-SAT seed 1
 
-Rows are added to (or replace those in) benchmarks/results/multi_block.json,
+Rows are added to (or replace those of the same seed in) benchmarks/results/multi_block.json,
 with each found block's offsets, so a claim can be checked by repeating and
 validating the block; multi_block.md is rebuilt from it.
 """
@@ -70,7 +70,7 @@ def render(data: dict) -> str:
         "| D | cap | k | T | per microbatch | status | seconds | seed | repeat (m = 4D) | run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(data["rows"], key=lambda r: (r["D"], r["k"], r["T"])):
+    for r in sorted(data["rows"], key=lambda r: (r["D"], r["k"], r["T"], r["seed"])):
         lines.append(
             f"| {r['D']} | {r['cap']} | {r['k']} | {r['T']} | {r['T'] / r['k']:g} | {r['status']} "
             f"| {r['seconds']:.0f} | {r['seed']} | {r['repeat'] if r['repeat'] is not None else '-'} | {r['run']} |"
@@ -119,7 +119,8 @@ def main() -> None:
             assert not find_violations(schedule), find_violations(schedule)[:3]
             row["repeat"] = schedule.metrics.makespan
             row["offsets"] = [[op, s, r, o] for (op, s, r), o in sorted(result.offsets.items())]
-        data["rows"] = [r for r in data["rows"] if (r["D"], r["k"], r["T"]) != (d, k, T)] + [row]
+        same = (d, k, T, args.seed)
+        data["rows"] = [r for r in data["rows"] if (r["D"], r["k"], r["T"], r["seed"]) != same] + [row]
         path.write_text(json.dumps(data, indent=1))
         (args.out / "multi_block.md").write_text(render(data))
         print(f"{d} {k} {T}: {row['status']} in {row['seconds']:.0f} s", flush=True)
