@@ -73,7 +73,8 @@ def render(data: dict) -> str:
     for r in sorted(data["rows"], key=lambda r: (r["D"], r["k"], r["T"], r["seed"])):
         lines.append(
             f"| {r['D']} | {r['cap']} | {r['k']} | {r['T']} | {r['T'] / r['k']:g} | {r['status']} "
-            f"| {r['seconds']:.0f} | {r['seed']} | {r['repeat'] if r['repeat'] is not None else '-'} | {r['run']} |"
+            f"| {r['seconds']:.0f} | {r['seed']} | {'-' if r['repeat'] is None else format(r['repeat'], 'g')} "
+            f"| {r['run']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -91,7 +92,7 @@ def main() -> None:
     tag = f"r{len(data['runs']) + 1}"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     data["runs"][tag] = {
-        "command": "python benchmarks/multi_block.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": " ".join(["python benchmarks/multi_block.py", *map(shlex.quote, sys.argv[1:])]),
         "commit": commit.stdout.strip(),
         "host": platform.node() or "host",
         "cores": os.cpu_count(),
