@@ -80,7 +80,9 @@ def wait_until(condition, what: str) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_solve_saves_the_best_schedule_on_sigterm_and_sighup(sig, tmp_path):
-    proc = start(["solve", "-d", 4, "-m", 16, "-t", 120, "--workers", 1, "-o", "best.json"], tmp_path)
+    # A gap that stays open (V-Min level, unequal costs): the search runs until the signal, never ends first.
+    problem = ["-d", 8, "-m", 32, "--memory", 8, "--cost", "F=3,B=4,W=2"]
+    proc = start(["solve", *problem, "-t", 120, "--workers", 1, "-o", "best.json"], tmp_path)
     wait_for(tmp_path, "block", proc)
     proc.send_signal(sig)
     assert proc.wait(WAIT) == 128 + sig
