@@ -32,7 +32,13 @@ def start(args: list, tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")}
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipesynth", *map(str, args)], cwd=tmp_path, stdout=out, stderr=err, env=env
+            [sys.executable, "-m", "pipesynth", *map(str, args)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=err,
+            env=env,
+            # A suite run under nohup passes SIGHUP on ignored, and pipesynth keeps an ignored signal ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         )
 
 
