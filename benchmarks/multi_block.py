@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pipesynth.core.problem import make_problem
 from pipesynth.core.validate import find_violations
-from pipesynth.solver.block import heads_and_tails_scaled, repeat_block, solve_block
+from pipesynth.solver.block import chain_length, repeat_block, solve_block
 from pipesynth.solver.progress import SolverParams
 from pipesynth.solver.scaled import Scaled
 
@@ -101,8 +101,7 @@ def main() -> None:
     for d, cap, k, T in rows:
         problem = make_problem(d, 4 * d, "v", cost={"F": 3, "B": 4, "W": 2}, cap=cap)
         scaled = Scaled.of(problem)
-        heads, tails = heads_and_tails_scaled(scaled)
-        chain = max(heads[p] + scaled.c(*p) + tails[p] for p in heads)
+        chain = chain_length(scaled)
         started = time.monotonic()
         result = solve_block(
             scaled,

@@ -72,7 +72,7 @@ def solve_block(
     if any(scaled.c(*k) > T for k in passes):
         return BlockModelResult("infeasible", None, None, None)
     heads, tails = heads_and_tails_scaled(scaled)
-    chain = max(heads[k] + scaled.c(*k) + tails[k] for k in passes)
+    chain = chain_length(scaled)
     if horizon is None:
         horizon = chain + len(passes) * T  # generous: a block may wait up to T per pass
     copies = range(per_block)
@@ -191,6 +191,12 @@ def heads_and_tails_scaled(scaled: Scaled) -> tuple[dict[PassId, int], dict[Pass
     return {k: round(v) for k, v in heads.items()}, {k: round(v) for k, v in tails.items()}
 
 
+def chain_length(scaled: Scaled) -> int:
+    """One microbatch's critical path alone: no block is shorter (integer, scaled units)."""
+    heads, tails = heads_and_tails_scaled(scaled)
+    return max(heads[k] + scaled.c(*k) + tails[k] for k in heads)
+
+
 def scaled_problem(scaled: Scaled) -> Problem:
     """The problem with the integer costs (for the graph helpers)."""
     from dataclasses import replace
@@ -283,8 +289,7 @@ def search_block(
     lo = work_interval(scaled)
     seq = sequential_block(scaled)
     hi = max(seq[k] + scaled.c(*k) for k in seq)
-    heads, tails = heads_and_tails_scaled(scaled)
-    chain = max(heads[k] + scaled.c(*k) + tails[k] for k in heads)
+    chain = chain_length(scaled)
     horizon = hi + chain
 
     mark = params.now()
