@@ -106,18 +106,42 @@ def memory_bound(block: Block) -> tuple[float, ...]:
 
 def repeated_order(block: Block, microbatches: int) -> list[list[tuple[Op, int, int]]]:
     """Each device's passes ordered by their start when the block repeats every T."""
-    rank = block_rank(block)
-    order: list[list[tuple[Op, int, int]]] = [[] for _ in range(block.problem.devices)]
-    for op, s in block.offsets:
-        for j in range(microbatches):
-            order[block.problem.placement[s]].append((op, s, j))
-    return [sorted(dev, key=lambda k: rank(*k)) for dev in order]
+    return periodic_order(block.problem, block.interval, one_per_period(block), microbatches)
 
 
 def block_rank(block: Block) -> Callable[[Op, int, int], tuple[float, int, float]]:
     """Sort key of a pass in the repeated block: its start, then microbatch and place in the chain."""
-    p, T = block.problem, block.interval
-    return lambda op, s, j: (block.offsets[(op, s)] + j * T, j, chain_position(p, op, s))
+    return periodic_rank(block.problem, block.interval, one_per_period(block))
+
+
+def one_per_period(block: Block) -> dict[tuple[Op, int, int], float]:
+    """The block's offsets keyed (op, stage, 0): a period that holds one microbatch."""
+    return {(op, s, 0): o for (op, s), o in block.offsets.items()}
+
+
+def periodic_rank(
+    problem: Problem, interval: float, offsets: dict[tuple[Op, int, int], float]
+) -> Callable[[Op, int, int], tuple[float, int, float]]:
+    """Sort key of a pass when k microbatches repeat every `interval` (`offsets` keyed (op, stage, r), r < k).
+
+    Microbatch r + n k runs the r-th offsets plus n x interval; equal starts
+    (zero costs) go by microbatch, then place in the chain, so every
+    dependency comes first.
+    """
+    k = 1 + max(r for _, _, r in offsets)
+    return lambda op, s, j: (offsets[(op, s, j % k)] + (j // k) * interval, j, chain_position(problem, op, s))
+
+
+def periodic_order(
+    problem: Problem, interval: float, offsets: dict[tuple[Op, int, int], float], microbatches: int
+) -> list[list[tuple[Op, int, int]]]:
+    """Each device's passes by `periodic_rank`: the order of k microbatches repeated every `interval`."""
+    rank = periodic_rank(problem, interval, offsets)
+    order: list[list[tuple[Op, int, int]]] = [[] for _ in range(problem.devices)]
+    for op, s, _ in (key for key in offsets if key[2] == 0):
+        for j in range(microbatches):
+            order[problem.placement[s]].append((op, s, j))
+    return [sorted(dev, key=lambda key: rank(*key)) for dev in order]
 
 
 def steady_peak(block: Block) -> tuple[float, ...]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from pipesynth.construct.blocks import Block
+from pipesynth.construct.blocks import Block, periodic_order
 from pipesynth.core.problem import Problem
 from pipesynth.core.rules import PassId, PassKey, releasing_passes
 from pipesynth.core.schedule import Schedule
@@ -128,19 +128,10 @@ def one_microbatch(offsets: dict[PassKey, int]) -> dict[PassId, int]:
 
 
 def repeat_block(scaled: Scaled, T: int, offsets: dict[PassKey, int], microbatches: int) -> Schedule:
-    """A block of k microbatches repeated: microbatch r + n k at the r-th offsets plus n T, in start order."""
-    p = scaled.problem
+    """A block of k microbatches repeated every T (`construct.blocks.periodic_order`), timed."""
     per_block = 1 + max(r for _, _, r in offsets)
-    timed = sorted(
-        (o + (j // per_block) * T, scaled.c(op, s), (op, s, j))
-        for j in range(microbatches)
-        for (op, s, r), o in offsets.items()
-        if r == j % per_block
-    )
-    order: list[list[PassKey]] = [[] for _ in range(p.devices)]
-    for _, _, key in timed:
-        order[p.placement[key[1]]].append(key)
-    return from_order(p, order, f"block of {per_block} at T={T}")
+    order = periodic_order(scaled.problem, T, offsets, microbatches)
+    return from_order(scaled.problem, order, f"block of {per_block} at T={T}")
 
 
 def add_periodic_memory(
