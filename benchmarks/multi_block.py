@@ -9,9 +9,9 @@ validated. V placement, V-Min-level cap, F,B,W = 3,4,2, 2 workers. Blocks
 are at most one microbatch's chain plus 4 periods long (tighter than the
 solver's own horizon), so `infeasible` means no block of that length.
 
-    python benchmarks/multi_block.py                 # every row, 300 s each at most
-    python benchmarks/multi_block.py --time-limit 60
-    python benchmarks/multi_block.py --rows 12:2:47 --seed 1   # one row (D:k:T), CP-SAT seed 1
+    python -m benchmarks.multi_block                 # every row, 300 s each at most
+    python -m benchmarks.multi_block --time-limit 60
+    python -m benchmarks.multi_block --rows 12:2:47 --seed 1   # one row (D:k:T), CP-SAT seed 1
 
 Rows are added to (or replace those of the same seed in) benchmarks/results/multi_block.json,
 with each found block's offsets, so a claim can be checked by repeating and
@@ -22,21 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from benchmarks.records import ROOT, run_lines, run_record
 from pipesynth.core.problem import make_problem
 from pipesynth.core.validate import find_violations
 from pipesynth.solver.block import chain_length, repeat_block, solve_block
 from pipesynth.solver.progress import SolverParams
 from pipesynth.solver.scaled import Scaled
 
-ROOT = Path(__file__).resolve().parents[1]
 # (D, cap in chunk units, microbatches per period, interval T)
 ROWS = [
     (4, 4, 1, 20),
@@ -57,11 +52,7 @@ def render(data: dict) -> str:
         "",
         "Runs:",
         "",
-        *(
-            f"- {tag}: `{run['command']}` at commit {run['commit']} ({run['host']}, {run['cores']} cores, "
-            f"workers=2, load average {run['load']} at the start)"
-            for tag, run in data["runs"].items()
-        ),
+        *run_lines(data["runs"]),
         "",
         "V placement, F,B,W = 3,4,2, cap at the V-Min level in chunk units; blocks at most one microbatch's "
         "chain plus 4T long; `per microbatch` = T / k; `repeat`: the plain repeat for m = 4D microbatches "
@@ -90,14 +81,7 @@ def main() -> None:
     path = args.out / "multi_block.json"
     data = json.loads(path.read_text()) if path.exists() else {"runs": {}, "rows": []}
     tag = f"r{len(data['runs']) + 1}"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    data["runs"][tag] = {
-        "command": " ".join(["python benchmarks/multi_block.py", *map(shlex.quote, sys.argv[1:])]),
-        "commit": commit.stdout.strip(),
-        "host": platform.node() or "host",
-        "cores": os.cpu_count(),
-        "load": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
+    data["runs"][tag] = run_record("-m benchmarks.multi_block")
     for d, cap, k, T in rows:
         problem = make_problem(d, 4 * d, "v", cost={"F": 3, "B": 4, "W": 2}, cap=cap)
         scaled = Scaled.of(problem)
