@@ -11,7 +11,8 @@ V placement, m = 4D, over the middle half of the microbatches (m/4 to 3m/4):
 - `lifespan`: how long stage 0's activation is held on device 0 (from its
   F's start to the end of the pass that frees it), mean; `least`: one
   microbatch's chain between them, the shortest possible; `waits` = lifespan
-  - least, time the microbatch spent waiting on its way down and back up;
+  - least, time the microbatch spent waiting on its way down and back up,
+  and `down` the part of it before F of the last stage (the forward path);
 - `held`: device 0's mean memory in the steady state, (lifespan of stage 0
   + lifespan of stage 2D-1) / admit, in chunk units, against its cap.
 
@@ -62,15 +63,15 @@ def lifespans(schedule: Schedule, stage: int) -> dict[int, float]:
     return {a.mb: a.end - born[a.mb] for a in device if (a.op, a.stage) == (free, stage)}
 
 
+def least_lag(problem: Problem, a: tuple[str, int], b: tuple[str, int]) -> float:
+    """One microbatch's shortest time from the start of pass a to the start of pass b (both on one device)."""
+    return problem.cost(*a) + device_lags(problem, problem.placement[a[1]])[(a, b)]
+
+
 def least_lifespan(problem: Problem, stage: int) -> float:
     """One microbatch's shortest time from `stage`'s F start to its freeing pass's end."""
     free = freeing_pass(problem)
-    device = problem.placement[stage]
-    return (
-        problem.cost("F", stage)
-        + device_lags(problem, device)[(("F", stage), (free, stage))]
-        + problem.cost(free, stage)
-    )
+    return least_lag(problem, ("F", stage), (free, stage)) + problem.cost(free, stage)
 
 
 def measure(label: str, schedule: Schedule) -> dict:
@@ -83,12 +84,15 @@ def measure(label: str, schedule: Schedule) -> dict:
     admit = (admitted[middle[-1] + 1] - admitted[middle[0]]) / len(middle)
     first, other = lifespans(schedule, 0), lifespans(schedule, last)
     lifespan = statistics.mean(first[j] for j in middle)
+    turned = {a.mb: a.start for a in schedule.actions[0] if (a.op, a.stage) == ("F", last)}
+    down = statistics.mean(turned[j] - admitted[j] for j in middle) - least_lag(p, ("F", 0), ("F", last))
     return {
         "schedule": label,
         "makespan": schedule.metrics.makespan,
         "admit": admit,
         "lifespan": lifespan,
         "waits": lifespan - least_lifespan(p, 0),
+        "down": down,
         "held": (lifespan + statistics.mean(other[j] for j in middle)) / admit,
     }
 
@@ -106,7 +110,7 @@ def render(data: dict) -> str:
         "microbatch; `memory`: device 0's least lifespans over its cap; `solve` ran within `limit` seconds.",
         "",
         "| D | F,B,W | comm | cap | work | memory | limit | schedule | makespan | admit | lifespan (least) "
-        "| waits | held | run |",
+        "| waits (down) | held | run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(data["rows"], key=lambda r: (r["cost"], r["D"], r["time_limit"])):
@@ -114,7 +118,8 @@ def render(data: dict) -> str:
             lines.append(
                 f"| {r['D']} | {','.join(map(str, r['cost']))} | {r['comm']} | {r['cap']} | {r['work']:g} "
                 f"| {r['memory']:.1f} | {r['time_limit']:g} | {s['schedule']} | {s['makespan']:g} | {s['admit']:.1f} "
-                f"| {s['lifespan']:.0f} ({r['least']:g}) | {s['waits']:.0f} | {s['held']:.1f} | {r['run']} |"
+                f"| {s['lifespan']:.0f} ({r['least']:g}) | {s['waits']:.0f} ({s['down']:.0f}) | {s['held']:.1f} "
+                f"| {r['run']} |"
             )
     return "\n".join(lines) + "\n"
 
