@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -107,3 +108,12 @@ def test_a_mutated_file_is_refused_by_name_or_means_the_same_schedule(case):
         for k, a in enumerate(dev):
             assert a.start in (None, simulation.start[d][k]) and a.end in (None, simulation.end[d][k])
     assert not list(SCHEMA.iter_errors(json.loads(text))), "the reader took a file the schema refuses"
+
+
+def test_an_unknown_key_with_a_newline_is_named_on_one_line():
+    """Found by the mutation test above in a fresh-clone CI run: the key was printed raw."""
+    data = json.loads(BASES[0])
+    data["problem"]["\n"] = None
+    with pytest.raises(PipesynthError) as caught:
+        schedule_json.loads(json.dumps(data))
+    assert str(caught.value).startswith('problem."\\n": unknown key')

@@ -135,8 +135,13 @@ def _long_numbers(text: str) -> bool:
 
 
 def join(path: str, key: str) -> str:
-    """`problem` + `cost` -> `problem.cost`; the top level has no prefix."""
-    return f"{path}.{key}" if path else key
+    """`problem` + `cost` -> `problem.cost`; the top level has no prefix.
+
+    A key that is empty or not printable (a newline, say) is shown quoted and
+    escaped, as JSON writes it, so an error about it stays on one line.
+    """
+    shown = key if key and key.isprintable() else json.dumps(key)
+    return f"{path}.{shown}" if path else shown
 
 
 def _check_text(text: str, where: str) -> None:
