@@ -21,11 +21,10 @@ validating the block; multi_block.md is rebuilt from it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from benchmarks.records import ROOT, run_lines, run_record
+from benchmarks.records import ROOT, open_results, run_lines, store_row
 from pipesynth.core.problem import make_problem
 from pipesynth.core.validate import find_violations
 from pipesynth.solver.block import chain_length, repeat_block, solve_block
@@ -79,9 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [r for r in ROWS if not args.rows or f"{r[0]}:{r[2]}:{r[3]}" in args.rows]
     path = args.out / "multi_block.json"
-    data = json.loads(path.read_text()) if path.exists() else {"runs": {}, "rows": []}
-    tag = f"r{len(data['runs']) + 1}"
-    data["runs"][tag] = run_record("-m benchmarks.multi_block")
+    data, tag = open_results(path, "benchmarks.multi_block")
     for d, cap, k, T in rows:
         problem = make_problem(d, 4 * d, "v", cost={"F": 3, "B": 4, "W": 2}, cap=cap)
         scaled = Scaled.of(problem)
@@ -103,10 +100,7 @@ def main() -> None:
             assert not find_violations(schedule), find_violations(schedule)[:3]
             row["repeat"] = schedule.metrics.makespan
             row["offsets"] = [[op, s, r, o] for (op, s, r), o in sorted(result.offsets.items())]
-        same = (d, k, T, args.seed)
-        data["rows"] = [r for r in data["rows"] if (r["D"], r["k"], r["T"], r["seed"]) != same] + [row]
-        path.write_text(json.dumps(data, indent=1))
-        (args.out / "multi_block.md").write_text(render(data))
+        store_row(path, data, row, lambda r: (r["D"], r["k"], r["T"], r["seed"]), render)
         print(f"{d} {k} {T}: {row['status']} in {row['seconds']:.0f} s", flush=True)
 
 

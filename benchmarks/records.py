@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +33,18 @@ def run_lines(runs: dict[str, dict]) -> list[str]:
         f"workers=2, load average {run['load']} at the start)"
         for tag, run in runs.items()
     ]
+
+
+def open_results(path: Path, module: str) -> tuple[dict, str]:
+    """The results file's data (empty if new) with a new run recorded, and that run's tag (r1, r2, ...)."""
+    data = json.loads(path.read_text()) if path.exists() else {"runs": {}, "rows": []}
+    tag = f"r{len(data['runs']) + 1}"
+    data["runs"][tag] = run_record(f"-m {module}")
+    return data, tag
+
+
+def store_row(path: Path, data: dict, row: dict, key: Callable[[dict], tuple], render: Callable[[dict], str]) -> None:
+    """Add `row` (replacing any with the same key), write the JSON at `path` and its markdown beside it."""
+    data["rows"] = [r for r in data["rows"] if key(r) != key(row)] + [row]
+    path.write_text(json.dumps(data, indent=1))
+    path.with_suffix(".md").write_text(render(data))

@@ -30,11 +30,10 @@ in) benchmarks/results/steady_state.json; steady_state.md is rebuilt from it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from benchmarks.records import ROOT, run_lines, run_record
+from benchmarks.records import ROOT, open_results, run_lines, store_row
 from benchmarks.solver import LEVELS, TIME_LIMIT
 from pipesynth.construct import get_generator
 from pipesynth.core.problem import Problem, make_problem
@@ -132,9 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [r for r in ROWS if not args.rows or f"{r[0]}:{','.join(map(str, r[1]))}" in args.rows]
     path = args.out / "steady_state.json"
-    data = json.loads(path.read_text()) if path.exists() else {"runs": {}, "rows": []}
-    tag = f"r{len(data['runs']) + 1}"
-    data["runs"][tag] = run_record("-m benchmarks.steady_state")
+    data, tag = open_results(path, "benchmarks.steady_state")
     for d, cost, comm in rows:
         cap = LEVELS["vmin"](d)
         problem = make_problem(d, 4 * d, "v", cost=dict(zip("FBW", cost)), comm=comm, cap=cap)
@@ -154,11 +151,7 @@ def main() -> None:
             "schedules": schedules,
             "run": tag,
         }
-        same = (d, list(cost), comm, limit)
-        data["rows"] = [r for r in data["rows"] if (r["D"], r["cost"], r["comm"], r["time_limit"]) != same]
-        data["rows"].append(row)
-        path.write_text(json.dumps(data, indent=1))
-        (args.out / "steady_state.md").write_text(render(data))
+        store_row(path, data, row, lambda r: (r["D"], r["cost"], r["comm"], r["time_limit"]), render)
         print(f"D={d} {cost}: solve {schedules[-1]['makespan']:g}, admit {schedules[-1]['admit']:.1f}", flush=True)
 
 
